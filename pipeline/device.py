@@ -1,0 +1,85 @@
+"""What the job runs on: device description, CPU flags and peak memory (GPU when there is one)."""
+
+import pathlib
+import platform
+import resource
+
+import tensorflow as tf
+
+_PROC_SELF = pathlib.Path("/proc/self")
+
+
+def describe_device() -> dict[str, str]:
+    """Tags naming the CPU, the first GPU (when present) and the TensorFlow and Keras versions."""
+    import keras
+
+    tags = {
+        "device.cpu": _cpu_model(),
+        "device.type": "CPU",
+        "version.tensorflow": tf.__version__,
+        "version.keras": keras.__version__,
+    }
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        tags["device.type"] = "GPU"
+        tags["device.gpu"] = details.get("device_name", "unknown GPU")
+        tags["device.gpu_count"] = str(len(gpus))
+        capability = details.get("compute_capability")
+        if capability:
+            tags["device.gpu_compute_capability"] = f"{capability[0]}.{capability[1]}"
+    return tags
+
+
+def gpu_compute_capability() -> tuple[int, int] | None:
+    """The first GPU's compute capability, or None when TensorFlow sees no GPU."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return None
+    capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability")
+    return tuple(capability) if capability else (0, 0)
+
+
+def read_cpu_flags() -> set[str]:
+    """The CPU's feature flags on Linux, empty elsewhere."""
+    cpuinfo = pathlib.Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return set()
+    for line in cpuinfo.read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def reset_peak_memory() -> None:
+    """Starts a new peak-memory window, so one job's figure excludes earlier jobs in the process."""
+    if tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.reset_memory_stats("GPU:0")
+        return
+    clear_refs = _PROC_SELF / "clear_refs"
+    if clear_refs.exists():
+        try:
+            clear_refs.write_text("5")  # Linux: resets the process's peak RSS (VmHWM)
+        except OSError:
+            pass  # not allowed here; the peak then covers the whole process
+
+
+def read_peak_memory_mb() -> tuple[float, str]:
+    """Peak memory since reset_peak_memory, in MiB, and where it comes from (gpu or host_rss)."""
+    if tf.config.list_physical_devices("GPU"):
+        return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20, "gpu"
+    status = _PROC_SELF / "status"
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024, "host_rss"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "host_rss"
+
+
+def _cpu_model() -> str:
+    cpuinfo = pathlib.Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()

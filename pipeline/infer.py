@@ -1,0 +1,63 @@
+"""Infer stage: load the exported SavedModel back and measure it on the test split."""
+
+import dataclasses
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from pipeline import data
+
+
+@dataclasses.dataclass
+class InferResult:
+    """Latency, throughput and parity of the exported model against the in-memory one."""
+
+    latency_ms_p50: float
+    latency_ms_p99: float
+    examples_per_sec: float
+    accuracy: float
+    agreement: float
+    max_abs_diff: float
+
+    def metrics(self) -> dict[str, float]:
+        return {f"infer/{field.name}": getattr(self, field.name) for field in dataclasses.fields(self)}
+
+
+def infer(saved_model_dir, test_split: data.Split, reference_logits: np.ndarray, infer_config) -> InferResult:
+    """Loads `saved_model_dir` (not the in-memory model) and runs its `serve` endpoint.
+
+    Args:
+        saved_model_dir: the export stage's SavedModel folder.
+        test_split: the images to predict, and their labels.
+        reference_logits: the in-memory model's logits for the same images (evaluate stage).
+        infer_config: latency_runs, throughput_batch_size, throughput_runs.
+    """
+    loaded = tf.saved_model.load(str(saved_model_dir))
+    serve = loaded.serve  # `loaded` must stay referenced: it owns the variables `serve` reads
+    images = data.normalize(test_split.images)
+    batch_size = infer_config.throughput_batch_size
+    logits = np.concatenate([serve(images[start : start + batch_size]).numpy() for start in range(0, len(images), batch_size)])
+    single_images = [images[index % len(images)][None] for index in range(infer_config.latency_runs)]
+    latencies = _time_calls(serve, single_images)
+    large_batch = images[:batch_size]
+    large_batch_seconds = _time_calls(serve, [large_batch] * infer_config.throughput_runs)
+    return InferResult(
+        latency_ms_p50=float(np.percentile(latencies, 50) * 1000),
+        latency_ms_p99=float(np.percentile(latencies, 99) * 1000),
+        examples_per_sec=float(len(large_batch) * len(large_batch_seconds) / large_batch_seconds.sum()),
+        accuracy=float(np.mean(np.argmax(logits, axis=1) == test_split.labels)),
+        agreement=float(np.mean(np.argmax(logits, axis=1) == np.argmax(reference_logits, axis=1))),
+        max_abs_diff=float(np.max(np.abs(logits - reference_logits))),
+    )
+
+
+def _time_calls(serve, batches) -> np.ndarray:
+    """Seconds per call, after one untimed call that pays for any first-call set-up."""
+    serve(batches[0]).numpy()
+    seconds = []
+    for batch in batches:
+        started = time.perf_counter()
+        serve(batch).numpy()
+        seconds.append(time.perf_counter() - started)
+    return np.array(seconds)
