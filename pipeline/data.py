@@ -9,6 +9,8 @@ import urllib.parse
 
 import numpy as np
 
+from pipeline import PipelineError
+
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28, 1)
 SPLIT_FILES = {
@@ -18,7 +20,7 @@ SPLIT_FILES = {
 _IDX_MAGIC = {"images": 0x00000803, "labels": 0x00000801}
 
 
-class DataError(RuntimeError):
+class DataError(PipelineError):
     """The dataset is missing, unreachable or malformed; the message says how to fix it."""
 
 

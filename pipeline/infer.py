@@ -37,7 +37,8 @@ def infer(saved_model_dir, test_split: data.Split, reference_logits: np.ndarray,
     serve = loaded.serve  # `loaded` must stay referenced: it owns the variables `serve` reads
     images = data.normalize(test_split.images)
     batch_size = infer_config.throughput_batch_size
-    logits = np.concatenate([serve(images[start : start + batch_size]).numpy() for start in range(0, len(images), batch_size)])
+    batch_starts = range(0, len(images), batch_size)
+    logits = np.concatenate([serve(images[start : start + batch_size]).numpy() for start in batch_starts])
     single_images = [images[index % len(images)][None] for index in range(infer_config.latency_runs)]
     latencies = _time_calls(serve, single_images)
     large_batch = images[:batch_size]

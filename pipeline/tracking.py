@@ -38,7 +38,8 @@ def prepare_store(tracking_config) -> str:
         return experiment.experiment_id
     artifact_location = None
     if tracking_config.artifact_root and not uri.startswith(("http://", "https://")):
-        artifact_location = (pathlib.Path(tracking_config.artifact_root).resolve() / tracking_config.experiment).as_uri()
+        artifact_root = pathlib.Path(tracking_config.artifact_root).resolve()
+        artifact_location = (artifact_root / tracking_config.experiment).as_uri()
     try:
         return client.create_experiment(tracking_config.experiment, artifact_location, tags=_EXPERIMENT_TAGS)
     except mlflow.exceptions.MlflowException:

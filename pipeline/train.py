@@ -9,14 +9,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import device
+from pipeline import PipelineError, device
 
 # Receives a metric name and its (step, value) points; the entry point passes one that logs to
 # MLflow, tests pass a list's append or nothing.
 MetricSink = Callable[[str, list[tuple[int, float]]], None]
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(PipelineError):
     """The loss became NaN or infinite: no loss scaling explains an unscaled non-finite loss."""
 
 

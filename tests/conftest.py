@@ -1,0 +1,52 @@
+"""Shared fixtures: the real conf/ composed and shrunk, a real SQLite MLflow store per test."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import hydra
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO_ROOT / "conf"
+FASHION_MNIST_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
+
+# TensorFlow's C++ start-up chatter buries pytest's output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def compose(overrides: list[str]):
+    """The real config from conf/, as `python -m pipeline <overrides>` would see it."""
+    with hydra.initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return hydra.compose(config_name="config", overrides=overrides)
+
+
+@pytest.fixture
+def tracking_overrides(tmp_path) -> list[str]:
+    """Points tracking at a fresh SQLite store and artifact folder under tmp_path."""
+    return [
+        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+        f"tracking.artifact_root={tmp_path}/artifacts",
+    ]
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir() -> pathlib.Path:
+    """Real Fashion-MNIST from Debian's dataset-fashion-mnist: the suite's real data."""
+    if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.fail(f"{FASHION_MNIST_DIR} is missing: apt-get install -y dataset-fashion-mnist (as .ci/run does)")
+    return FASHION_MNIST_DIR
+
+
+def run_pipeline(arguments: list[str], cwd: pathlib.Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs `python -m pipeline <arguments>` as a user would, from `cwd`."""
+    environment = os.environ | {"PYTHONPATH": str(REPO_ROOT), "HYDRA_FULL_ERROR": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *arguments],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,54 @@
+"""Every config option composes, every YAML key documents its allowed values."""
+
+import pathlib
+
+import pytest
+from conftest import CONFIG_DIR, compose
+
+GROUPS = {
+    group.name: sorted(option.stem for option in group.glob("*.yaml"))
+    for group in CONFIG_DIR.iterdir()
+    if group.is_dir()
+}
+
+
+def test_expected_options_exist():
+    assert GROUPS["precision"] == ["float32", "mixed_bfloat16", "mixed_float16"]
+    assert GROUPS["data"] == ["fashion_mnist", "mnist"]
+    assert GROUPS["model"] == ["cnn", "mlp"]
+
+
+@pytest.mark.parametrize("group,option", [(group, option) for group, options in GROUPS.items() for option in options])
+def test_every_option_composes(group, option):
+    config = compose([f"{group}={option}"])
+    assert group in config
+    if group in ("precision", "data", "model"):
+        # The file's own name key must agree with the file it is in.
+        key = "policy" if group == "precision" else "name"
+        assert config[group][key] == option
+
+
+def test_public_overrides_apply():
+    config = compose([
+        "precision=mixed_bfloat16", "model=cnn", "data=fashion_mnist", "data.batch_size=64",
+        "data.source=idx", "data.idx_dir=/somewhere", "train.epochs=3", "train.max_steps=7",
+        "tracking.uri=sqlite:///x.db", "tracking.experiment=exp",
+    ])
+    assert config.precision.policy == "mixed_bfloat16"
+    assert config.model.name == "cnn"
+    assert (config.data.name, config.data.batch_size, config.data.source, config.data.idx_dir) == (
+        "fashion_mnist", 64, "idx", "/somewhere")
+    assert (config.train.epochs, config.train.max_steps) == (3, 7)
+    assert (config.tracking.uri, config.tracking.experiment) == ("sqlite:///x.db", "exp")
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.rglob("*.yaml")), ids=lambda path: str(path.relative_to(CONFIG_DIR)))
+def test_every_key_is_commented(path: pathlib.Path):
+    lines = path.read_text().splitlines()
+    uncommented = [
+        line for previous, line in zip(["#", *lines], lines)
+        if ":" in line and not line.lstrip().startswith(("#", "-")) and "#" not in line
+        and not line.rstrip().endswith(":")  # a mapping's header; its keys carry the comments
+        and not previous.lstrip().startswith("#")  # commented on the line above
+    ]
+    assert not uncommented, f"keys without a comment in {path}: {uncommented}"
