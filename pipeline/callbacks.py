@@ -1,13 +1,64 @@
-"""Hydra callbacks: work done once around a run or sweep rather than in every job."""
+"""Hydra callbacks: what happens once around a sweep rather than in every job."""
+
+import atexit
+import logging
+import os
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+logger = logging.getLogger("pipeline")
 
-class TrackingStoreCallback(Callback):
-    """Creates the MLflow store and experiment before any job starts."""
+
+def sweep_id_of(sweep_dir: str) -> str:
+    """A sweep's id: its absolute output folder, the same in the launcher and in every job."""
+    return os.path.abspath(sweep_dir)
+
+
+class SweepTrackingCallback(Callback):
+    """Makes a `-m` sweep one thing in MLflow: a parent run, a child run per job, a report.
+
+    The store is created here, once, before any job starts: parallel jobs creating a fresh SQLite
+    store at once race in its schema migration. Hydra turns a callback's exceptions into warnings,
+    so what must stop the command raises SystemExit.
+    """
+
+    def __init__(self) -> None:
+        self.parent_run_id: str | None = None
+        self.tracking_config = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         from pipeline import tracking
 
-        tracking.prepare_store(config.tracking)
+        self.tracking_config = config.tracking
+        sweep_overrides = list(config.hydra.overrides.task)
+        try:
+            self.parent_run_id = tracking.start_sweep(config.tracking, sweep_id_of(config.hydra.sweep.dir),
+                                                      sweep_overrides)
+        except Exception as error:
+            raise SystemExit(f"cannot start the sweep's MLflow run at {config.tracking.uri}: {error}") from error
+        # A sweep stopped by an exception or Ctrl-C never reaches on_multirun_end.
+        atexit.register(self._end_if_open, "KILLED")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from pipeline import report, tracking
+
+        parent_run = tracking.find_sweep(config.tracking, sweep_id_of(config.hydra.sweep.dir))
+        report_dir = os.path.join(config.hydra.sweep.dir, "report")
+        sweep_report = report.make_report(config.tracking, parent_run, report_dir)
+        tracking.log_report(config.tracking, self.parent_run_id, report_dir)
+        logger.info("sweep report (also in %s and on MLflow run %s):\n%s", report_dir, self.parent_run_id,
+                    sweep_report.markdown)
+        failed = sweep_report.failed_runs
+        self._end_if_open("FAILED" if failed else "FINISHED")
+        if failed:
+            raise SystemExit(f"{len(failed)} of {len(sweep_report.rows)} jobs failed: {', '.join(failed)}; "
+                             "the others finished, see the report")
+
+    def _end_if_open(self, status: str) -> None:
+        if self.parent_run_id is None:
+            return
+        from pipeline import tracking
+
+        tracking.end_sweep(self.tracking_config, self.parent_run_id, status)
+        self.parent_run_id = None

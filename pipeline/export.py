@@ -1,4 +1,4 @@
-"""Export stage: the trained model as a serving SavedModel with a `serve` endpoint."""
+"""Export stage: the trained model as a serving SavedModel, optionally under another policy."""
 
 import dataclasses
 import pathlib
@@ -6,23 +6,36 @@ import shutil
 
 import keras
 
+from pipeline import model as model_lib
+
 
 @dataclasses.dataclass
 class ExportResult:
-    """Where the SavedModel is; the infer stage loads it from there."""
+    """The model that was exported (the one to register and serve), where, and in which policy."""
 
+    model: keras.Model
     saved_model_dir: pathlib.Path
+    policy: str
 
 
-def export(model: keras.Model, export_dir) -> ExportResult:
-    """Writes `model` as a SavedModel under <export_dir>/saved_model, replacing an earlier export.
+def export(trained: keras.Model, export_config, model_config, training_policy: str, seed: int) -> ExportResult:
+    """Writes the serving model as a SavedModel under <export.dir>/saved_model.
+
+    With export.serving_policy other than `same`, the model is rebuilt under that policy from the
+    same definition and takes the trained weights (variables are float32 under every policy), so
+    a model trained in mixed_float16 on a GPU can be served in float32 or bfloat16 on a CPU.
 
     The `serve` endpoint takes float32 images (batch, 28, 28, 1) scaled to [0, 1] and returns
-    float32 logits (batch, 10), computed under the policy the model was built with.
+    float32 logits (batch, 10).
     """
-    saved_model_dir = pathlib.Path(export_dir) / "saved_model"
+    policy = training_policy if export_config.serving_policy == "same" else export_config.serving_policy
+    serving_model = trained
+    if policy != training_policy:
+        serving_model = model_lib.build_model(model_config, policy, seed=seed)
+        serving_model.set_weights(trained.get_weights())
+    saved_model_dir = pathlib.Path(export_config.dir) / "saved_model"
     if saved_model_dir.exists():
         shutil.rmtree(saved_model_dir)
     saved_model_dir.parent.mkdir(parents=True, exist_ok=True)
-    model.export(str(saved_model_dir), format="tf_saved_model", verbose=False)
-    return ExportResult(saved_model_dir=saved_model_dir)
+    serving_model.export(str(saved_model_dir), format="tf_saved_model", verbose=False)
+    return ExportResult(model=serving_model, saved_model_dir=saved_model_dir, policy=policy)

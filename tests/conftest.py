@@ -16,10 +16,10 @@ FASHION_MNIST_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def compose(overrides: list[str]):
+def compose(overrides: list[str], config_name: str = "config"):
     """The real config from conf/, as `python -m pipeline <overrides>` would see it."""
     with hydra.initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return hydra.compose(config_name="config", overrides=overrides)
+        return hydra.compose(config_name=config_name, overrides=overrides)
 
 
 @pytest.fixture
@@ -41,9 +41,14 @@ def fashion_mnist_dir() -> pathlib.Path:
 
 def run_pipeline(arguments: list[str], cwd: pathlib.Path, timeout: float = 600) -> subprocess.CompletedProcess:
     """Runs `python -m pipeline <arguments>` as a user would, from `cwd`."""
+    return run_module("pipeline", arguments, cwd, timeout)
+
+
+def run_module(module: str, arguments: list[str], cwd: pathlib.Path, timeout: float = 600):
+    """Runs `python -m <module> <arguments>` in a subprocess, from `cwd`."""
     environment = os.environ | {"PYTHONPATH": str(REPO_ROOT), "HYDRA_FULL_ERROR": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", *arguments],
+        [sys.executable, "-m", module, *arguments],
         cwd=cwd,
         env=environment,
         capture_output=True,

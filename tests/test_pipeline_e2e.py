@@ -44,6 +44,7 @@ def test_all_four_stages_on_real_fashion_mnist(tmp_path, fashion_mnist_dir):
     assert params["train.max_steps"] == "300" and params["data.batch_size"] == "128"
     assert tags["precision.hardware_supported"] == "true" and tags["train.peak_memory_source"] in ("gpu", "host_rss")
     assert {"device.cpu", "version.tensorflow", "version.keras", "version.mlflow"} <= tags.keys()
+    assert "mlflow.parentRunId" not in tags and "sweep.id" not in tags  # a single run stays a plain run
 
     # The model in the registry is this run's, and predicts what the exported SavedModel predicts.
     (version,) = client.search_model_versions("name='mnist-classifier'")
@@ -68,6 +69,7 @@ def test_two_by_two_sweep_gives_four_finished_runs(tmp_path, fashion_mnist_dir):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     _, runs = finished_runs(tmp_path)
+    runs = [run for run in runs if run.data.tags.get("sweep.role") != "parent"]
     assert sorted((run.data.params["precision.policy"], run.data.params["data.batch_size"]) for run in runs) == [
         ("float32", "128"), ("float32", "64"), ("mixed_float16", "128"), ("mixed_float16", "64")]
     for run in runs:
@@ -77,3 +79,22 @@ def test_two_by_two_sweep_gives_four_finished_runs(tmp_path, fashion_mnist_dir):
         assert expected <= run.data.metrics.keys(), run.info.run_name
         assert run.data.metrics["infer/agreement"] >= 0.99
     assert len(list((tmp_path / "multirun").rglob("saved_model.pb"))) == 4  # one export per job
+
+
+@pytest.mark.e2e
+def test_a_failing_job_does_not_stop_the_sweep(tmp_path, fashion_mnist_dir):
+    result = run_pipeline(
+        ["-m", f"data.idx_dir={tmp_path}/missing,{fashion_mnist_dir}", "data=fashion_mnist", "data.source=idx",
+         "train.max_steps=20", "tracking.registered_model=null", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+         f"tracking.artifact_root={tmp_path}/artifacts", *QUICK_INFER],
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0  # the sweep says it is not a clean one...
+    assert "1 of 2 jobs failed" in result.stderr
+    assert f"data.idx_dir='{tmp_path}/missing' is not a folder" in result.stdout + result.stderr
+    _, runs = finished_runs(tmp_path)
+    statuses = sorted((run.data.tags.get("sweep.role", "job"), run.info.status) for run in runs)
+    # ...yet the other job finished, and the parent run records the failure.
+    assert statuses == [("job", "FAILED"), ("job", "FINISHED"), ("parent", "FAILED")]
+    report = next((tmp_path / "multirun").rglob("report.md")).read_text()
+    assert "| FAILED |" in report and "| FINISHED |" in report

@@ -1,0 +1,33 @@
+"""`python -m pipeline.infer_model model_uri=models:/<name>@champion`: measure a registered model.
+
+Runs the evaluate and infer stages on the test split with the same metrics as after training:
+the exported SavedModel logged with the model's run is what is measured, the logged Keras model
+is the reference for parity.
+"""
+
+import logging
+
+import hydra
+from omegaconf import DictConfig
+
+logger = logging.getLogger("pipeline")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="infer_model")
+def main(config: DictConfig) -> float:
+    from pipeline import data, evaluate, infer, tracking
+
+    datasets = data.load_datasets(config.data, seed=config.seed)
+    tags = {"source.model_uri": config.model_uri}
+    with tracking.start_run(config.tracking, f"infer {config.model_uri}", tags):
+        reference_model, saved_model_dir = tracking.load_logged_model(config.model_uri)
+        evaluated = evaluate.evaluate(reference_model, datasets)
+        inferred = infer.infer(saved_model_dir, datasets.test, evaluated.logits, config.infer)
+        tracking.log_metrics(evaluated.metrics() | inferred.metrics())
+    for name, value in (evaluated.metrics() | inferred.metrics()).items():
+        print(f"{name:24s} {value:.6g}")
+    return inferred.accuracy
+
+
+if __name__ == "__main__":
+    main()
