@@ -34,17 +34,20 @@ class Split:
 
 @dataclasses.dataclass
 class Datasets:
-    """What the other stages need: the raw splits and their tf.data pipelines."""
+    """What the other stages need: the raw splits, the batch size, the test split's tf.data pipeline.
+
+    Training reads `train` directly: it fits on any device, so it is held there as one tensor.
+    """
 
     name: str
     train: Split
     test: Split
-    train_batches: object  # tf.data.Dataset of (float32 images, int64 labels)
-    test_batches: object
+    batch_size: int
+    test_batches: object  # tf.data.Dataset of (float32 images, int64 labels)
 
 
-def load_datasets(data_config, seed: int) -> Datasets:
-    """Loads both splits from the configured source and wraps them in the same tf.data pipeline."""
+def load_datasets(data_config) -> Datasets:
+    """Loads both splits from the configured source and checks the batch size fits."""
     if data_config.source == "tfds":
         splits = _read_tfds(data_config.name, data_config.tfds_data_dir)
     elif data_config.source == "idx":
@@ -63,19 +66,16 @@ def load_datasets(data_config, seed: int) -> Datasets:
         name=data_config.name,
         train=train,
         test=test,
-        train_batches=make_batches(train, data_config.batch_size, shuffle_buffer=data_config.shuffle_buffer, seed=seed),
+        batch_size=data_config.batch_size,
         test_batches=make_batches(test, data_config.batch_size),
     )
 
 
-def make_batches(split: Split, batch_size: int, shuffle_buffer: int = 0, seed: int | None = None):
-    """Normalizes to float32 in [0, 1], shuffles (seeded) when asked, batches and prefetches."""
+def make_batches(split: Split, batch_size: int):
+    """Batches in order, normalizes to float32 in [0, 1] and prefetches (evaluation's pipeline)."""
     import tensorflow as tf
 
-    dataset = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
-    if shuffle_buffer:
-        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size)
+    dataset = tf.data.Dataset.from_tensor_slices((split.images, split.labels)).batch(batch_size)
     dataset = dataset.map(lambda images, labels: (normalize(images), labels), num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 

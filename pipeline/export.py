@@ -28,7 +28,7 @@ def export(trained: keras.Model, export_config, model_config, training_policy: s
     The `serve` endpoint takes float32 images (batch, 28, 28, 1) scaled to [0, 1] and returns
     float32 logits (batch, 10).
     """
-    policy = training_policy if export_config.serving_policy == "same" else export_config.serving_policy
+    policy = training_policy if export_config.serving_policy == "same" else str(export_config.serving_policy)
     serving_model = trained
     if policy != training_policy:
         serving_model = model_lib.build_model(model_config, policy, seed=seed)

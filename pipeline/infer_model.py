@@ -10,6 +10,8 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
+import pipeline.config  # noqa: F401  registers the schemas conf/ names
+
 logger = logging.getLogger("pipeline")
 
 
@@ -17,7 +19,7 @@ logger = logging.getLogger("pipeline")
 def main(config: DictConfig) -> float:
     from pipeline import data, evaluate, infer, tracking
 
-    datasets = data.load_datasets(config.data, seed=config.seed)
+    datasets = data.load_datasets(config.data)
     tags = {"source.model_uri": config.model_uri}
     with tracking.start_run(config.tracking, f"infer {config.model_uri}", tags):
         reference_model, saved_model_dir = tracking.load_logged_model(config.model_uri)

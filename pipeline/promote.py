@@ -10,6 +10,7 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
+import pipeline.config  # noqa: F401  registers the schemas conf/ names
 from pipeline import PipelineError
 
 logger = logging.getLogger("pipeline.promote")

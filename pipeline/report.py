@@ -13,6 +13,8 @@ import pathlib
 import hydra
 from omegaconf import DictConfig
 
+import pipeline.config  # noqa: F401  registers the schemas conf/ names
+
 logger = logging.getLogger(__name__)
 
 COLUMNS = (

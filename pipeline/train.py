@@ -1,4 +1,10 @@
-"""Train stage: a compiled custom training step, with dynamic loss scaling under mixed_float16."""
+"""Train stage: compiled multi-step training on device-resident data, loss scaling under float16.
+
+The training split lives on the device as one uint8 tensor; each compiled call gathers its
+batches from a per-epoch permutation (derived from the seed and the epoch, so any step can be
+resumed exactly) and runs up to train.steps_per_call optimizer steps. The host syncs once a
+call, not once a step.
+"""
 
 import dataclasses
 import math
@@ -9,11 +15,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import PipelineError, device
+from pipeline import PipelineError, data, device
 
 # Receives a metric name and its (step, value) points; the entry point passes one that logs to
 # MLflow, tests pass a list's append or nothing.
 MetricSink = Callable[[str, list[tuple[int, float]]], None]
+_FLUSH_SECONDS = 30  # longest a train/loss point waits before it is logged
 
 
 class TrainingDivergedError(PipelineError):
@@ -25,6 +32,7 @@ class TrainResult:
     """The trained model and the figures measured while training it."""
 
     model: keras.Model
+    optimizer: keras.optimizers.Optimizer
     steps: int
     final_loss: float
     step_time_ms: float
@@ -61,12 +69,12 @@ def make_optimizer(policy: str, learning_rate: float) -> keras.optimizers.Optimi
     return optimizer
 
 
-def make_train_step(model: keras.Model, optimizer, jit_compile: bool):
-    """One optimizer step as a compiled function returning the unscaled float32 loss."""
+def make_train_step(model: keras.Model, optimizer):
+    """One optimizer step on a batch; returns the unscaled float32 loss. Not compiled by itself."""
     loss_function = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    optimizer.build(model.trainable_variables)
+    if not optimizer.built:  # a restored checkpoint's optimizer is already built
+        optimizer.build(model.trainable_variables)
 
-    @tf.function(jit_compile=jit_compile)
     def train_step(images, labels):
         with tf.GradientTape() as tape:
             loss = loss_function(labels, model(images, training=True))
@@ -81,49 +89,110 @@ def make_train_step(model: keras.Model, optimizer, jit_compile: bool):
     return train_step
 
 
-def train(model: keras.Model, datasets, train_config, policy: str, log_metric: MetricSink | None = None) -> TrainResult:
-    """Trains `model` for train.epochs passes, or train.max_steps optimizer steps if that comes first."""
-    optimizer = make_optimizer(policy, train_config.learning_rate)
-    train_step = make_train_step(model, optimizer, train_config.jit_compile)
-    max_steps = train_config.max_steps or math.inf
-    step_seconds, step_examples, loss_points = [], [], []
-    step, loss_value = 0, math.nan
+def make_train_steps(model: keras.Model, optimizer, split: data.Split, batch_size: int, jit_compile: bool):
+    """A compiled call running `step_count` steps from batch `first_batch` of an epoch's order.
+
+    Returns the function and the device tensors it reads; both the step count and the batch
+    position are tensors, so calls of any length reuse one trace.
+    """
+    train_step = make_train_step(model, optimizer)
+    images = tf.constant(split.images)
+    labels = tf.constant(split.labels)
+
+    @tf.function(jit_compile=jit_compile)
+    def train_steps(order, first_batch, step_count):
+        losses = tf.TensorArray(tf.float32, size=step_count)
+        for index in tf.range(step_count):
+            batch = order[(first_batch + index) * batch_size : (first_batch + index + 1) * batch_size]
+            losses = losses.write(index, train_step(data.normalize(tf.gather(images, batch)), tf.gather(labels, batch)))
+        return losses.stack()
+
+    return train_steps
+
+
+def epoch_order(example_count: int, seed: int, epoch: int) -> tf.Tensor:
+    """The shuffled example order of one epoch: a function of seed and epoch alone, so resumable."""
+    return tf.constant(np.random.default_rng([seed, epoch]).permutation(example_count).astype(np.int32))
+
+
+def train(model: keras.Model, datasets, train_config, policy: str, log_metric: MetricSink | None = None,
+          optimizer=None, start_step: int = 0, on_steps_done: Callable[[int], None] | None = None) -> TrainResult:
+    """Trains for train.epochs passes, or train.max_steps optimizer steps if that comes first.
+
+    Args:
+        model: built under `policy`.
+        datasets: the training split is read from `datasets.train`.
+        train_config: the train config group.
+        policy: the precision policy the model was built under.
+        log_metric: receives train/loss points once a call.
+        optimizer: an optimizer to continue with (a restored checkpoint's); a new one if None.
+        start_step: steps already taken (resuming); the data order continues from there.
+        on_steps_done: called with the step count after every call (checkpointing).
+    """
+    optimizer = optimizer or make_optimizer(policy, train_config.learning_rate)
+    batch_size = datasets.batch_size
+    steps_per_epoch = len(datasets.train.labels) // batch_size
+    total_steps = min(train_config.epochs * steps_per_epoch, train_config.max_steps or math.inf)
+    train_steps = make_train_steps(model, optimizer, datasets.train, batch_size, train_config.jit_compile)
+    call_seconds, call_steps, loss_points = [], [], []
+    step, loss_value, order_epoch, order = start_step, math.nan, None, None
+    last_flush = time.monotonic()
     device.reset_peak_memory()
-    for _ in range(train_config.epochs):
-        for images, labels in datasets.train_batches:
-            if step >= max_steps:
-                break
+    try:
+        while step < total_steps:
+            epoch, first_batch = divmod(step, steps_per_epoch)
+            if epoch != order_epoch:
+                order, order_epoch = epoch_order(len(datasets.train.labels), train_config.seed, epoch), epoch
+            step_count = min(train_config.steps_per_call, steps_per_epoch - first_batch, total_steps - step,
+                             _steps_to_boundary(step, train_config.checkpoint_every_steps))
             started = time.perf_counter()
-            loss_value = float(train_step(images, labels))  # the sync that makes the timing real
-            step_seconds.append(time.perf_counter() - started)
-            step_examples.append(int(images.shape[0]))
-            step += 1
-            if not math.isfinite(loss_value):
-                raise TrainingDivergedError(
-                    f"loss is {loss_value} at step {step}; lower train.learning_rate (now {train_config.learning_rate})"
-                )
-            if step % train_config.log_every_steps == 0:
-                loss_points.append((step, loss_value))
-        if log_metric and loss_points:
-            log_metric("train/loss", loss_points)  # once an epoch: no per-step store round trips
-            loss_points = []
-    if step == 0:
+            losses = train_steps(order, tf.constant(first_batch), tf.constant(step_count)).numpy()  # one sync
+            call_seconds.append(time.perf_counter() - started)
+            call_steps.append(step_count)
+            loss_points += [(step + offset + 1, float(loss)) for offset, loss in enumerate(losses)
+                            if (step + offset + 1) % train_config.log_every_steps == 0]
+            step += step_count
+            loss_value = float(losses[-1])
+            if not np.isfinite(losses).all():
+                bad_step = step - step_count + 1 + int(np.argmin(np.isfinite(losses)))
+                raise TrainingDivergedError(f"loss is {losses[~np.isfinite(losses)][0]} at step {bad_step}; "
+                                            f"lower train.learning_rate (now {train_config.learning_rate})")
+            if log_metric and loss_points and (first_batch + step_count == steps_per_epoch
+                                               or time.monotonic() - last_flush > _FLUSH_SECONDS):
+                log_metric("train/loss", loss_points)  # batched: no per-step store round trips
+                loss_points, last_flush = [], time.monotonic()
+            if on_steps_done:
+                on_steps_done(step)
+    finally:
+        if log_metric and loss_points:  # at the end, and on Ctrl-C or an error: keep what was measured
+            log_metric("train/loss", loss_points)
+    if not call_seconds:
         raise ValueError("training ran no step; raise train.epochs or train.max_steps")
+    return _summarize(model, optimizer, step, loss_value, call_seconds, call_steps, batch_size)
+
+
+def _steps_to_boundary(step: int, every: int | None) -> int:
+    return every - step % every if every else math.inf
+
+
+def _summarize(model, optimizer, step, loss_value, call_seconds, call_steps, batch_size) -> TrainResult:
+    # The first call traces and compiles: reported as warm-up, kept out of the step times.
+    timed = slice(1, None) if len(call_seconds) > 1 else slice(None)
+    per_step_seconds = np.array(call_seconds[timed]) / np.array(call_steps[timed])
+    timed_seconds, timed_steps = sum(call_seconds[timed]), sum(call_steps[timed])
     peak_memory_mb, peak_memory_source = device.read_peak_memory_mb()
-    timed = slice(train_config.warmup_steps, None) if step > train_config.warmup_steps else slice(1, None)
-    timed_seconds = np.array(step_seconds[timed] or step_seconds)
-    timed_examples = sum(step_examples[timed] or step_examples)
     loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
     return TrainResult(
         model=model,
+        optimizer=optimizer,
         steps=step,
         final_loss=loss_value,
-        step_time_ms=float(np.median(timed_seconds) * 1000),
-        step_time_ms_p90=float(np.percentile(timed_seconds, 90) * 1000),
-        examples_per_sec=float(timed_examples / timed_seconds.sum()),
+        step_time_ms=float(np.median(per_step_seconds) * 1000),
+        step_time_ms_p90=float(np.percentile(per_step_seconds, 90) * 1000),
+        examples_per_sec=float(timed_steps * batch_size / timed_seconds),
         peak_memory_mb=peak_memory_mb,
         peak_memory_source=peak_memory_source,
-        warmup_seconds=float(sum(step_seconds[: timed.start or 0])),
+        warmup_seconds=float(call_seconds[0]),
         skipped_steps=step - int(optimizer.iterations.numpy()) if loss_scaled else 0,
         loss_scale=float(optimizer.dynamic_scale.numpy()) if loss_scaled else None,
     )

@@ -4,9 +4,12 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 
 import hydra
 import pytest
+
+import pipeline.config  # noqa: F401  registers the config schemas compose() needs
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "conf"
@@ -17,7 +20,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def compose(overrides: list[str], config_name: str = "config"):
-    """The real config from conf/, as `python -m pipeline <overrides>` would see it."""
+    """The real config from conf/, as `python -m pipeline <overrides>` would see it.
+
+    Outside a Hydra run there is no job output folder, so the keys that default into it point
+    at a fresh temporary folder unless the overrides set them.
+    """
+    if config_name == "config":
+        scratch = tempfile.mkdtemp(prefix="pipeline-test-")
+        for key, folder in (("export.dir", "export"), ("train.checkpoint_dir", "checkpoints")):
+            if not any(override.startswith(f"{key}=") for override in overrides):
+                overrides = [*overrides, f"{key}={scratch}/{folder}"]
     with hydra.initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return hydra.compose(config_name=config_name, overrides=overrides)
 

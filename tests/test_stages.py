@@ -12,11 +12,11 @@ from pipeline import data, evaluate, export, infer, model, train
 def test_stages_chain_on_tfds_mock_data(tmp_path, policy):
     config = compose([
         "data=mnist", "data.source=tfds", f"data.tfds_data_dir={tmp_path}", "data.batch_size=16",
-        "train.max_steps=4", f"export.dir={tmp_path}/export",
+        "train.max_steps=4", f"train.checkpoint_dir={tmp_path}/checkpoints", f"export.dir={tmp_path}/export",
         "infer.latency_runs=5", "infer.throughput_runs=2", "infer.throughput_batch_size=32",
     ])
     with tfds.testing.mock_data(num_examples=64):
-        datasets = data.load_datasets(config.data, seed=0)
+        datasets = data.load_datasets(config.data)
     trained = train.train(model.build_model(config.model, policy, seed=0), datasets, config.train, policy)
     evaluated = evaluate.evaluate(trained.model, datasets)
     exported = export.export(trained.model, config.export, config.model, policy, seed=0)
@@ -39,8 +39,7 @@ def test_export_in_another_serving_policy(tmp_path):
     ])
     rng = np.random.default_rng(0)
     split = data.Split(rng.integers(0, 256, (256, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 256))
-    datasets = data.Datasets("random", split, split, data.make_batches(split, 32, 256, seed=0),
-                             data.make_batches(split, 32))
+    datasets = data.Datasets("random", split, split, 32, data.make_batches(split, 32))
     trained = train.train(model.build_model(config.model, "float32", seed=0), datasets, config.train, "float32")
     evaluated = evaluate.evaluate(trained.model, datasets)
 

@@ -146,9 +146,19 @@ def test_served_champion_answers_over_http(sweep, fashion_mnist_dir):
         np.testing.assert_allclose(served, in_process, atol=1e-5)
         assert (served.argmax(axis=1) == in_process.argmax(axis=1)).all()
 
-        status, body = _post(port, {"inputs": images[:, :, :20, 0].tolist()})  # wrong shape
-        assert status == 400, body
-        assert server.poll() is None  # the bad request did not take the server down
+        bad_payloads = {
+            "wrong shape": images[:, :, :20].tolist(),
+            "NaN pixels": np.where(images > 0.5, np.nan, images).tolist(),
+            "pixels not scaled to [0, 1]": (images * 255).tolist(),
+            "strings": [["not", "an", "image"]],
+        }
+        for problem, payload in bad_payloads.items():
+            status, body = _post(port, {"inputs": payload})
+            assert status == 400, (problem, body)
+        assert "NaN or infinite" in _post(port, {"inputs": bad_payloads["NaN pixels"]})[1]["message"]
+        assert "scaled to [0, 1]" in _post(port, {"inputs": bad_payloads["pixels not scaled to [0, 1]"]})[1]["message"]
+        assert server.poll() is None  # bad requests did not take the server down
+        assert _post(port, {"inputs": images.tolist()})[0] == 200
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # stop it, and its workers, by its PID
         server.wait(timeout=30)

@@ -62,3 +62,17 @@ def test_failed_or_interrupted_run_is_never_left_running(tracking_config, error,
 def test_flatten_uses_dotted_keys():
     assert tracking.flatten({"data": {"batch_size": 64, "nested": {"x": 1}}, "top": "a"}) == {
         "data.batch_size": 64, "data.nested.x": 1, "top": "a"}
+
+
+def test_logged_keras_models_load_in_safe_mode(tracking_config):
+    """A model file carrying Python code (a Lambda layer) is refused, not executed."""
+    import keras
+    import numpy as np
+
+    inputs = keras.Input(shape=(28, 28, 1))
+    outputs = keras.layers.Lambda(lambda images: images * 2.0)(inputs)
+    with tracking.start_run(tracking_config, "lambda", {}) as run:
+        mlflow.tensorflow.log_model(keras.Model(inputs, outputs), name="keras_model",
+                                    input_example=np.zeros((1, 28, 28, 1), np.float32))
+    with pytest.raises(ValueError, match="safe_mode"):
+        tracking.load_logged_model(f"runs:/{run.info.run_id}/keras_model")

@@ -14,19 +14,17 @@ def tiny_datasets(count=256, batch_size=32):
         images=rng.integers(0, 256, (count, 28, 28, 1), dtype=np.uint8),
         labels=rng.integers(0, 10, count).astype(np.int64),
     )
-    return data.Datasets(
-        name="tiny", train=split, test=split,
-        train_batches=data.make_batches(split, batch_size, shuffle_buffer=count, seed=0),
-        test_batches=data.make_batches(split, batch_size),
-    )
+    return data.Datasets(name="tiny", train=split, test=split, batch_size=batch_size,
+                         test_batches=data.make_batches(split, batch_size))
 
 
 def test_overflowing_float16_step_is_skipped_not_applied():
     built = model.build_model(compose(["model=mlp"]).model, "mixed_float16", seed=0)
     # A scale this large overflows float16 gradients on the first step.
     optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(1e-3), initial_scale=2.0**40)
-    train_step = train.make_train_step(built, optimizer, jit_compile=False)
-    images, labels = next(iter(tiny_datasets().train_batches))
+    train_step = train.make_train_step(built, optimizer)
+    split = tiny_datasets().train
+    images, labels = data.normalize(split.images[:32]), split.labels[:32]
     weights_before = [weight.numpy().copy() for weight in built.weights]
 
     loss = train_step(images, labels)
@@ -44,14 +42,14 @@ def test_overflowing_float16_step_is_skipped_not_applied():
 
 @pytest.mark.parametrize("policy", ["float32", "mixed_float16", "mixed_bfloat16"])
 def test_train_reports_its_figures(policy):
-    config = compose(["train.epochs=2", "train.max_steps=12", "train.warmup_steps=2", "train.log_every_steps=4"])
+    config = compose(["train.epochs=2", "train.max_steps=12", "train.steps_per_call=3", "train.log_every_steps=4"])
     recorded = []
     result = train.train(
         model.build_model(config.model, policy, seed=0), tiny_datasets(), config.train, policy,
         log_metric=lambda name, points: recorded.append((name, points)),
     )
     assert result.steps == 12
-    # Once an epoch (8 steps here), never once a step.
+    # Once an epoch (8 steps here), never once a step or a call.
     assert [(name, [step for step, _ in points]) for name, points in recorded] == [
         ("train/loss", [4, 8]), ("train/loss", [12])]
     assert all(np.isfinite(value) for _, points in recorded for _, value in points)
@@ -68,3 +66,31 @@ def test_max_steps_caps_training_across_epochs():
     config = compose(["train.epochs=5", "train.max_steps=10"])
     result = train.train(model.build_model(config.model, "float32", seed=0), tiny_datasets(), config.train, "float32")
     assert result.steps == 10  # 8 steps an epoch: the cap lands in the second epoch
+
+
+def test_epoch_order_is_a_seeded_permutation():
+    first = train.epoch_order(100, seed=3, epoch=0).numpy()
+    assert sorted(first.tolist()) == list(range(100))
+    np.testing.assert_array_equal(first, train.epoch_order(100, seed=3, epoch=0).numpy())
+    assert not np.array_equal(first, train.epoch_order(100, seed=3, epoch=1).numpy())
+    assert not np.array_equal(first, train.epoch_order(100, seed=4, epoch=0).numpy())
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_steps_per_call_does_not_change_the_result(jit_compile):
+    """One step a call or 8 a call: the same batches in the same order, the same weights."""
+    finals = []
+    for steps_per_call in (1, 8):
+        config = compose(["train.epochs=2", f"train.steps_per_call={steps_per_call}",
+                          f"train.jit_compile={str(jit_compile).lower()}"])
+        result = train.train(model.build_model(config.model, "float32", seed=0), tiny_datasets(), config.train,
+                             "float32")
+        finals.append([weight.numpy() for weight in result.model.weights])
+    for one_step, eight_steps in zip(*finals):
+        np.testing.assert_allclose(one_step, eight_steps, rtol=1e-5, atol=1e-6)
+
+
+def test_non_finite_loss_stops_training_within_a_call():
+    config = compose(["train.epochs=3", "train.learning_rate=1e30", "train.steps_per_call=5"])
+    with pytest.raises(train.TrainingDivergedError, match=r"loss is nan at step [1-5]; lower train.learning_rate"):
+        train.train(model.build_model(config.model, "float32", seed=0), tiny_datasets(), config.train, "float32")

@@ -1,0 +1,316 @@
+"""Side-by-side speed figures for the pipeline, printed as tables and written as JSON.
+
+    python benchmarks/benchmark.py                     # everything, about 10 minutes on 2 cores
+    python benchmarks/benchmark.py --sections training --quick
+
+Every ratio compares two measurements taken in this one run, on the same model, data, policy and
+batch size: the machine is shared and noisy, so absolute figures from different runs do not
+compare. Not a test: it asserts nothing, it reports.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from pipeline import data, export, infer, model, precision, train  # noqa: E402
+
+POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+DTYPES = {"float32": tf.float32, "mixed_float16": tf.float16, "mixed_bfloat16": tf.bfloat16}
+MODELS = {
+    "mlp": {"_target_": "pipeline.model.build_mlp", "name": "mlp", "hidden_units": 128},
+    "cnn": {"_target_": "pipeline.model.build_cnn", "name": "cnn", "filters": [32, 64], "dense_units": 128},
+    "mlp_wide": {"_target_": "pipeline.model.build_mlp", "name": "mlp_wide", "hidden_units": 4096},
+}
+
+
+def train_config(steps: int, jit_compile: bool, steps_per_call: int = 50):
+    return OmegaConf.create({
+        "epochs": 1000, "max_steps": steps, "learning_rate": 1e-3, "seed": 0, "jit_compile": jit_compile,
+        "steps_per_call": steps_per_call, "log_every_steps": 10, "checkpoint_every_steps": None,
+    })
+
+
+def pipeline_examples_per_sec(split, model_name, policy, batch_size, steps, jit_compile, log_metric=None):
+    built = model.build_model(OmegaConf.create(MODELS[model_name]), policy, seed=0)
+    datasets = data.Datasets("bench", split, split, batch_size, None)
+    return train.train(built, datasets, train_config(steps, jit_compile), policy, log_metric=log_metric)
+
+
+def fit_examples_per_sec(split, model_name, policy, batch_size, steps, jit_compile, steps_per_execution=1):
+    """Plain Keras: compile + fit on a tf.data pipeline, timed between batch callbacks after warm-up."""
+    built = model.build_model(OmegaConf.create(MODELS[model_name]), policy, seed=0)
+    # Under mixed_float16 Keras's compile wraps the optimizer in a LossScaleOptimizer itself.
+    built.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit_compile,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  steps_per_execution=steps_per_execution)
+    dataset = (tf.data.Dataset.from_tensor_slices((split.images, split.labels)).shuffle(60000, seed=0).repeat()
+               .batch(batch_size, drop_remainder=True).map(lambda x, y: (data.normalize(x), y)).prefetch(2))
+    marks = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            marks.append((batch, time.perf_counter()))
+
+    total = max(steps, 3 * steps_per_execution)
+    built.fit(dataset, epochs=1, steps_per_epoch=total, verbose=0, callbacks=[Timer()])
+    (first_batch, first_time), (last_batch, last_time) = marks[1], marks[-1]  # marks[0] includes compiling
+    return (last_batch - first_batch) * batch_size / (last_time - first_time)
+
+
+def training_flops_per_example(built) -> float:
+    """Forward multiply-adds of Dense and Conv2D layers, x2 for FLOPs, x3 for forward plus backward."""
+    flops = 0
+    for layer in built.layers:
+        if isinstance(layer, keras.layers.Dense):
+            flops += 2 * layer.kernel.shape[0] * layer.kernel.shape[1]
+        elif isinstance(layer, keras.layers.Conv2D):
+            height, width, channels_out = layer.output.shape[1:]
+            kernel_height, kernel_width, channels_in, _ = layer.kernel.shape
+            flops += 2 * height * width * channels_out * kernel_height * kernel_width * channels_in
+    return 3.0 * flops
+
+
+def matmul_roofline(size=2048, repeats=20) -> dict[str, float]:
+    """GFLOP/s of a square matmul per compute dtype: the most this machine's TensorFlow does."""
+    peaks = {}
+    for policy, dtype in DTYPES.items():
+        left = tf.random.normal((size, size), dtype=tf.float32)
+        left = tf.cast(left, dtype)
+        multiply = tf.function(lambda a: tf.matmul(a, a))
+        multiply(left).numpy()
+        started = time.perf_counter()
+        for _ in range(repeats):
+            result = multiply(left)
+        result.numpy()
+        peaks[policy] = 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
+    return peaks
+
+
+def section_training(split, quick) -> list[dict]:
+    rows = []
+    steps = {"mlp": 300 if quick else 600, "cnn": 20 if quick else 40}
+    for model_name in ("mlp", "cnn"):
+        for batch_size in (32, 256):
+            for policy in POLICIES:
+                count = steps[model_name] if batch_size == 256 or model_name == "mlp" else steps[model_name] * 4
+                ours = pipeline_examples_per_sec(split, model_name, policy, batch_size, count, jit_compile=False)
+                peer = fit_examples_per_sec(split, model_name, policy, batch_size, count, jit_compile=False)
+                rows.append({"model": model_name, "batch_size": batch_size, "policy": policy, "jit_compile": False,
+                             "pipeline_examples_per_sec": ours.examples_per_sec, "fit_examples_per_sec": peer,
+                             "speedup_vs_fit": ours.examples_per_sec / peer})
+                print(_line(rows[-1]), flush=True)
+    for batch_size in (32, 256):  # XLA on both sides, float32 MLP
+        count = steps["mlp"]
+        ours = pipeline_examples_per_sec(split, "mlp", "float32", batch_size, count, jit_compile=True)
+        peer = fit_examples_per_sec(split, "mlp", "float32", batch_size, count, jit_compile=True)
+        rows.append({"model": "mlp", "batch_size": batch_size, "policy": "float32", "jit_compile": True,
+                     "pipeline_examples_per_sec": ours.examples_per_sec, "fit_examples_per_sec": peer,
+                     "speedup_vs_fit": ours.examples_per_sec / peer})
+        print(_line(rows[-1]), flush=True)
+    return rows
+
+
+def section_tuned_fit(split, quick) -> list[dict]:
+    """The best model.fit does (XLA on, steps_per_execution swept) against the pipeline's best."""
+    rows = []
+    for batch_size in (32, 256):
+        count = 300 if quick else 1000
+        fits = {spe: fit_examples_per_sec(split, "mlp", "float32", batch_size, count, True, spe)
+                for spe in (1, 10, 50, 200)}
+        best_spe = max(fits, key=fits.get)
+        ours = {jit: pipeline_examples_per_sec(split, "mlp", "float32", batch_size, count, jit).examples_per_sec
+                for jit in (False, True)}
+        best_jit = max(ours, key=ours.get)
+        rows.append({"model": "mlp", "batch_size": batch_size, "policy": "float32",
+                     "fit_by_steps_per_execution": fits, "best_steps_per_execution": best_spe,
+                     "pipeline_by_jit_compile": {str(jit): value for jit, value in ours.items()},
+                     "best_pipeline_jit_compile": best_jit,
+                     "speedup_vs_tuned_fit": ours[best_jit] / fits[best_spe]})
+        print(_line(rows[-1]), flush=True)
+    return rows
+
+
+def section_roofline(split, quick) -> dict:
+    peaks = matmul_roofline()
+    print("matmul roofline GFLOP/s:", {policy: round(value, 1) for policy, value in peaks.items()}, flush=True)
+    rows = []
+    for model_name, batch_size, steps in (("mlp", 256, 300), ("cnn", 256, 10 if quick else 20),
+                                          ("mlp_wide", 1024, 10 if quick else 30)):
+        for policy in POLICIES:
+            result = pipeline_examples_per_sec(split, model_name, policy, batch_size, steps, jit_compile=False)
+            flops = training_flops_per_example(result.model)
+            achieved = result.examples_per_sec * flops / 1e9
+            rows.append({"model": model_name, "batch_size": batch_size, "policy": policy,
+                         "examples_per_sec": result.examples_per_sec, "gflops_per_sec": achieved,
+                         "percent_of_roofline": 100 * achieved / peaks[policy],
+                         "peak_memory_mb": result.peak_memory_mb})
+            print(_line(rows[-1]), flush=True)
+    return {"matmul_gflops_per_sec": peaks, "training": rows}
+
+
+def section_inference(split, quick) -> list[dict]:
+    built = model.build_model(OmegaConf.create(MODELS["mlp"]), "float32", seed=0)
+    folder = tempfile.mkdtemp()
+    exported = export.export(built, OmegaConf.create({"dir": folder, "serving_policy": "same"}), None, "float32", 0)
+    runs = 100 if quick else 300
+    infer_config = OmegaConf.create({"latency_runs": runs, "throughput_batch_size": 1024, "throughput_runs": 20})
+    reference = built.predict(data.normalize(split.images[:10000]), verbose=0, batch_size=1024)
+    stage = infer.infer(exported.saved_model_dir, data.Split(split.images[:10000], split.labels[:10000]),
+                        reference, infer_config)
+    loaded = tf.saved_model.load(str(exported.saved_model_dir))
+    single = [data.normalize(split.images[index : index + 1]) for index in range(runs)]
+    large = data.normalize(split.images[:1024])
+    callers = {
+        "SavedModel serve (bare)": lambda batch: loaded.serve(batch).numpy(),
+        "model(x)": lambda batch: built(batch, training=False).numpy(),
+        "model.predict": lambda batch: built.predict(batch, verbose=0),
+    }
+    rows = [{"how": "infer stage", "latency_ms_p50": stage.latency_ms_p50, "latency_ms_p99": stage.latency_ms_p99,
+             "examples_per_sec_batch_1024": stage.examples_per_sec}]
+    for how, call in callers.items():
+        latencies = infer._time_calls(call, single)
+        large_seconds = infer._time_calls(call, [large] * 20)
+        rows.append({"how": how, "latency_ms_p50": float(np.percentile(latencies, 50) * 1000),
+                     "latency_ms_p99": float(np.percentile(latencies, 99) * 1000),
+                     "examples_per_sec_batch_1024": 1024 * 20 / large_seconds.sum()})
+    for row in rows:
+        print(_line(row), flush=True)
+    return rows
+
+
+def section_tracking_overhead(split, quick) -> dict:
+    """The same training steps with and without train/loss going to a real SQLite store."""
+    import mlflow
+
+    from pipeline import tracking
+
+    folder = tempfile.mkdtemp()
+    tracking_config = OmegaConf.create({"uri": f"sqlite:///{folder}/mlflow.db", "artifact_root": f"{folder}/a",
+                                        "experiment": "bench", "registered_model": None})
+    steps = 600 if quick else 2000
+    seconds = {}
+    for label in ("without", "with", "without_again", "with_again"):
+        sink = tracking.log_metric_history if label.startswith("with_") or label == "with" else None
+        started = time.perf_counter()
+        if sink:
+            with tracking.start_run(tracking_config, f"bench-{label}", {}):
+                pipeline_examples_per_sec(split, "mlp", "float32", 32, steps, False, log_metric=sink)
+        else:
+            pipeline_examples_per_sec(split, "mlp", "float32", 32, steps, False)
+        seconds[label] = time.perf_counter() - started
+    mlflow.set_tracking_uri(None)
+    without = min(seconds["without"], seconds["without_again"])
+    with_logging = min(seconds["with"], seconds["with_again"])
+    row = {"seconds": seconds, "overhead_percent": 100 * (with_logging - without) / without}
+    print(_line(row), flush=True)
+    return row
+
+
+def section_startup(split, quick) -> dict:
+    timings = []
+    for _ in range(3):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "pipeline", "--help"], cwd=REPO_ROOT, capture_output=True, check=True)
+        timings.append(time.perf_counter() - started)
+    row = {"help_seconds": min(timings)}
+    print(_line(row), flush=True)
+    return row
+
+
+def section_http(split, quick) -> dict:
+    """p50 of `mlflow models serve` answering one image, on a freshly logged model."""
+    import urllib.request
+
+    import mlflow
+
+    from pipeline import tracking
+
+    folder = tempfile.mkdtemp()
+    uri = f"sqlite:///{folder}/mlflow.db"
+    tracking_config = OmegaConf.create({"uri": uri, "artifact_root": f"{folder}/a", "experiment": "bench",
+                                        "registered_model": None})
+    built = model.build_model(OmegaConf.create(MODELS["mlp"]), "float32", seed=0)
+    exported = export.export(built, OmegaConf.create({"dir": folder, "serving_policy": "same"}), None, "float32", 0)
+    with tracking.start_run(tracking_config, "bench-http", {}):
+        model_uri = tracking.log_model(built, exported.saved_model_dir, data.normalize(split.images[:2]).numpy())
+    mlflow.set_tracking_uri(None)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager",
+                               "local", "-h", "127.0.0.1", "-p", str(port)],
+                              env=os.environ | {"MLFLOW_TRACKING_URI": uri},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).close()
+                break
+            except OSError:
+                time.sleep(1)
+        body = json.dumps({"inputs": data.normalize(split.images[:1]).numpy().tolist()}).encode()
+
+        def post(_):
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                             headers={"Content-Type": "application/json"})
+            urllib.request.urlopen(request, timeout=30).read()
+
+        latencies = infer._time_calls(post, list(range(50 if quick else 200)))
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+    row = {"http_latency_ms_p50": float(np.percentile(latencies, 50) * 1000),
+           "http_latency_ms_p99": float(np.percentile(latencies, 99) * 1000)}
+    print(_line(row), flush=True)
+    return row
+
+
+SECTIONS = {"training": section_training, "tuned_fit": section_tuned_fit, "roofline": section_roofline,
+            "inference": section_inference, "tracking": section_tracking_overhead, "startup": section_startup,
+            "http": section_http}
+
+
+def _line(row: dict) -> str:
+    return "  ".join(f"{key}={value:,.4g}" if isinstance(value, float) else f"{key}={value}"
+                     for key, value in row.items())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated: {', '.join(SECTIONS)}")
+    parser.add_argument("--quick", action="store_true", help="fewer steps: a smoke run, noisier figures")
+    parser.add_argument("--idx-dir", default="/usr/share/datasets/fashion-mnist", help="real images, IDX format")
+    parser.add_argument("--json", default="outputs/benchmark.json", help="where to write the figures")
+    arguments = parser.parse_args()
+    keras.config.disable_interactive_logging()
+    split = data.read_idx_split(arguments.idx_dir, "train")
+    hardware = {policy: precision.hardware_support(policy, None, set(open("/proc/cpuinfo").read().split()))[1]
+                for policy in POLICIES}
+    results = {"machine": {"cpus": os.cpu_count(), "tensorflow": tf.__version__, "hardware": hardware}}
+    for name in arguments.sections.split(","):
+        print(f"\n== {name}", flush=True)
+        results[name] = SECTIONS[name](split, arguments.quick)
+    path = pathlib.Path(arguments.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, default=float))
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
