@@ -228,6 +228,7 @@ def log_model(model, saved_model_dir, input_example) -> str:
         pip_requirements=requirements,
     )
     mlflow.tensorflow.log_model(model, name="keras_model", signature=signature, pip_requirements=requirements)
+    mlflow.log_artifacts(str(saved_model_dir), "serving_saved_model")  # browsable beside the run
     mlflow.set_tag("keras_model_uri", f"runs:/{mlflow.active_run().info.run_id}/keras_model")
     return served.model_uri
 
