@@ -89,22 +89,26 @@ def make_train_step(model: keras.Model, optimizer):
     return train_step
 
 
-def make_train_steps(model: keras.Model, optimizer, split: data.Split, batch_size: int, jit_compile: bool):
-    """A compiled call running `step_count` steps from batch `first_batch` of an epoch's order.
+def make_train_steps(model: keras.Model, optimizer, split: data.Split, jit_compile: bool):
+    """A compiled call running one step per row of `batch_indices` (steps, batch size).
 
-    Returns the function and the device tensors it reads; both the step count and the batch
-    position are tensors, so calls of any length reuse one trace.
+    XLA needs the trip count and slice sizes static, and compiles again for every distinct value
+    of anything that sets them; so the call takes its batches' example indices as one tensor,
+    cut from the epoch's order outside. Each distinct step count (steps_per_call, and the few
+    shorter calls at epoch ends and checkpoints) compiles once.
     """
     train_step = make_train_step(model, optimizer)
     images = tf.constant(split.images)
     labels = tf.constant(split.labels)
 
     @tf.function(jit_compile=jit_compile)
-    def train_steps(order, first_batch, step_count):
+    def train_steps(batch_indices):
+        step_count = batch_indices.shape[0]
         losses = tf.TensorArray(tf.float32, size=step_count)
         for index in tf.range(step_count):
-            batch = order[(first_batch + index) * batch_size : (first_batch + index + 1) * batch_size]
-            losses = losses.write(index, train_step(data.normalize(tf.gather(images, batch)), tf.gather(labels, batch)))
+            batch = tf.gather(batch_indices, index)
+            loss = train_step(data.normalize(tf.gather(images, batch)), tf.gather(labels, batch))
+            losses = losses.write(index, loss)
         return losses.stack()
 
     return train_steps
@@ -133,7 +137,7 @@ def train(model: keras.Model, datasets, train_config, policy: str, log_metric: M
     batch_size = datasets.batch_size
     steps_per_epoch = len(datasets.train.labels) // batch_size
     total_steps = min(train_config.epochs * steps_per_epoch, train_config.max_steps or math.inf)
-    train_steps = make_train_steps(model, optimizer, datasets.train, batch_size, train_config.jit_compile)
+    train_steps = make_train_steps(model, optimizer, datasets.train, train_config.jit_compile)
     call_seconds, call_steps, loss_points = [], [], []
     step, loss_value, order_epoch, order = start_step, math.nan, None, None
     last_flush = time.monotonic()
@@ -146,7 +150,9 @@ def train(model: keras.Model, datasets, train_config, policy: str, log_metric: M
             step_count = min(train_config.steps_per_call, steps_per_epoch - first_batch, total_steps - step,
                              _steps_to_boundary(step, train_config.checkpoint_every_steps))
             started = time.perf_counter()
-            losses = train_steps(order, tf.constant(first_batch), tf.constant(step_count)).numpy()  # one sync
+            batch_indices = tf.reshape(order[first_batch * batch_size : (first_batch + step_count) * batch_size],
+                                       (step_count, batch_size))
+            losses = train_steps(batch_indices).numpy()  # the call's one host sync
             call_seconds.append(time.perf_counter() - started)
             call_steps.append(step_count)
             loss_points += [(step + offset + 1, float(loss)) for offset, loss in enumerate(losses)
