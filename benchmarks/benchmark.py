@@ -103,16 +103,31 @@ def matmul_roofline(size=2048, repeats=20) -> dict[str, float]:
     return peaks
 
 
+def time_calls(call, arguments) -> np.ndarray:
+    """Seconds per call of `call(argument)`, after one untimed call."""
+    np.asarray(call(arguments[0]))
+    seconds = []
+    for argument in arguments:
+        started = time.perf_counter()
+        np.asarray(call(argument))
+        seconds.append(time.perf_counter() - started)
+    return np.array(seconds)
+
+
 def section_training(split, quick) -> list[dict]:
-    """The pipeline's loop against plain model.fit, XLA held equal on both sides, on and off."""
+    """The pipeline's loop against plain model.fit, XLA held equal on both sides, on and off.
+
+    fit's jit_compile=True compiles each step, so it faces both the pipeline's "step" and "true".
+    """
     rows = []
     steps = {("mlp", 32): 400, ("mlp", 256): 400, ("cnn", 32): 64, ("cnn", 256): 16}
     for (model_name, batch_size), count in steps.items():
         count = count // 2 if quick else count
         for policy in POLICIES:
-            for jit_compile in (False, True):
+            # Whole-call XLA ("true") only for the MLP: with convolutions it is several times slower.
+            for jit_compile in ("false", "step", "true") if model_name == "mlp" else ("false", "step"):
                 ours = pipeline_examples_per_sec(split, model_name, policy, batch_size, count, jit_compile)
-                peer = fit_examples_per_sec(split, model_name, policy, batch_size, count, jit_compile)
+                peer = fit_examples_per_sec(split, model_name, policy, batch_size, count, jit_compile != "false")
                 rows.append({"model": model_name, "batch_size": batch_size, "policy": policy,
                              "jit_compile": jit_compile, "pipeline_examples_per_sec": ours.examples_per_sec,
                              "fit_examples_per_sec": peer, "speedup_vs_fit": ours.examples_per_sec / peer,
@@ -130,11 +145,11 @@ def section_tuned_fit(split, quick) -> list[dict]:
                 for spe in (1, 10, 50, 200)}
         best_spe = max(fits, key=fits.get)
         ours = {jit: pipeline_examples_per_sec(split, "mlp", "float32", batch_size, count, jit).examples_per_sec
-                for jit in (False, True)}
+                for jit in ("false", "step", "true")}
         best_jit = max(ours, key=ours.get)
         rows.append({"model": "mlp", "batch_size": batch_size, "policy": "float32",
                      "fit_by_steps_per_execution": fits, "best_steps_per_execution": best_spe,
-                     "pipeline_by_jit_compile": {str(jit): value for jit, value in ours.items()},
+                     "pipeline_by_jit_compile": ours,
                      "best_pipeline_jit_compile": best_jit,
                      "speedup_vs_tuned_fit": ours[best_jit] / fits[best_spe]})
         print(_line(rows[-1]), flush=True)
@@ -148,7 +163,7 @@ def section_roofline(split, quick) -> dict:
     for model_name, batch_size, steps in (("mlp", 256, 300), ("cnn", 256, 10 if quick else 20),
                                           ("mlp_wide", 1024, 10 if quick else 30)):
         for policy in POLICIES:
-            result = pipeline_examples_per_sec(split, model_name, policy, batch_size, steps, jit_compile=False)
+            result = pipeline_examples_per_sec(split, model_name, policy, batch_size, steps, jit_compile="step")
             flops = training_flops_per_example(result.model)
             achieved = result.examples_per_sec * flops / 1e9
             rows.append({"model": model_name, "batch_size": batch_size, "policy": policy,
@@ -172,15 +187,15 @@ def section_inference(split, quick) -> list[dict]:
     single = [data.normalize(split.images[index : index + 1]) for index in range(runs)]
     large = data.normalize(split.images[:1024])
     callers = {
-        "SavedModel serve (bare)": lambda batch: loaded.serve(batch).numpy(),
-        "model(x)": lambda batch: built(batch, training=False).numpy(),
+        "SavedModel serve (bare)": lambda batch: loaded.serve(batch),
+        "model(x)": lambda batch: built(batch, training=False),
         "model.predict": lambda batch: built.predict(batch, verbose=0),
     }
     rows = [{"how": "infer stage", "latency_ms_p50": stage.latency_ms_p50, "latency_ms_p99": stage.latency_ms_p99,
              "examples_per_sec_batch_1024": stage.examples_per_sec}]
     for how, call in callers.items():
-        latencies = infer._time_calls(call, single)
-        large_seconds = infer._time_calls(call, [large] * 20)
+        latencies = time_calls(call, single)
+        large_seconds = time_calls(call, [large] * 20)
         rows.append({"how": how, "latency_ms_p50": float(np.percentile(latencies, 50) * 1000),
                      "latency_ms_p99": float(np.percentile(latencies, 99) * 1000),
                      "examples_per_sec_batch_1024": 1024 * 20 / large_seconds.sum()})
@@ -267,7 +282,7 @@ def section_http(split, quick) -> dict:
                                              headers={"Content-Type": "application/json"})
             urllib.request.urlopen(request, timeout=30).read()
 
-        latencies = infer._time_calls(post, list(range(50 if quick else 200)))
+        latencies = time_calls(post, list(range(50 if quick else 200)))
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
@@ -277,9 +292,41 @@ def section_http(split, quick) -> dict:
     return row
 
 
+def section_ops(split, quick) -> list[dict]:
+    """Where reduced-precision CNN time goes: the CNN's own conv and dense ops, per dtype."""
+    rows = []
+    shapes = {"conv 3x3 1->32 on 28x28": ((256, 28, 28, 1), (3, 3, 1, 32)),
+              "conv 3x3 32->64 on 13x13": ((256, 13, 13, 32), (3, 3, 32, 64)),
+              "dense 1600->128": ((256, 1600), (1600, 128))}
+    for name, (input_shape, kernel_shape) in shapes.items():
+        row, rank = {"op": name}, len(input_shape)
+        for policy, dtype in DTYPES.items():
+            inputs = tf.cast(tf.random.normal(input_shape), dtype)
+            kernel = tf.Variable(tf.cast(tf.random.normal(kernel_shape), dtype))
+
+            @tf.function
+            def forward_backward(inputs=inputs, kernel=kernel, rank=rank):
+                with tf.GradientTape() as tape:
+                    if rank == 4:
+                        output = tf.nn.conv2d(inputs, kernel, 1, "VALID")
+                    else:
+                        output = tf.matmul(inputs, kernel)
+                    total = tf.reduce_sum(tf.cast(output, tf.float32))
+                return tape.gradient(total, kernel)
+
+            forward_backward().numpy()
+            seconds = time_calls(lambda _: forward_backward().numpy(), list(range(5 if quick else 20)))
+            row[f"{policy}_ms"] = float(np.median(seconds) * 1000)
+        row["bfloat16_vs_float32"] = row["mixed_bfloat16_ms"] / row["float32_ms"]
+        row["float16_vs_float32"] = row["mixed_float16_ms"] / row["float32_ms"]
+        rows.append(row)
+        print(_line(row), flush=True)
+    return rows
+
+
 SECTIONS = {"training": section_training, "tuned_fit": section_tuned_fit, "roofline": section_roofline,
             "inference": section_inference, "tracking": section_tracking_overhead, "startup": section_startup,
-            "http": section_http}
+            "http": section_http, "ops": section_ops}
 
 
 def _line(row: dict) -> str:

@@ -75,7 +75,7 @@ class TrainConfig:
     max_steps: int | None = None
     learning_rate: float = 0.001
     seed: int = 0
-    jit_compile: bool = False
+    jit_compile: str = "step"
     steps_per_call: int = 50
     log_every_steps: int = 10
     deterministic: bool = False
@@ -134,6 +134,8 @@ def validate(config) -> None:
                           f"of {config.data.name}; use at most {train_size}")
     if config.data.source == DataSource.idx and not config.data.idx_dir:
         raise ConfigError("data.source=idx needs data.idx_dir=<folder with the 4 IDX files>")
+    if str(config.train.jit_compile).lower() not in ("false", "step", "true"):
+        raise ConfigError(f"train.jit_compile={config.train.jit_compile!r} is not a mode; use false, step or true")
     stages = list(config.stages)
     if not stages or stages != list(STAGES[: len(stages)]):
         raise ConfigError(f"stages={stages} is not a run of stages; use a prefix of [{', '.join(STAGES)}] "

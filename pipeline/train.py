@@ -89,8 +89,18 @@ def make_train_step(model: keras.Model, optimizer):
     return train_step
 
 
-def make_train_steps(model: keras.Model, optimizer, split: data.Split, jit_compile: bool):
+def jit_mode(jit_compile) -> str:
+    """train.jit_compile as one of "false", "step" (each step compiled) or "true" (each whole call)."""
+    return str(jit_compile).lower()
+
+
+def make_train_steps(model: keras.Model, optimizer, split: data.Split, jit_compile: str):
     """A compiled call running one step per row of `batch_indices` (steps, batch size).
+
+    `jit_compile`: "false" (TensorFlow's graph executor), "step" (XLA compiles each step, the
+    loop of steps runs in the graph executor, as Keras's fit does) or "true" (XLA compiles the
+    whole call, loop included: fastest for small dense models, much slower for convolutions,
+    which XLA on CPU runs poorly inside a loop).
 
     XLA needs the trip count and slice sizes static, and compiles again for every distinct value
     of anything that sets them; so the call takes its batches' example indices as one tensor,
@@ -98,10 +108,12 @@ def make_train_steps(model: keras.Model, optimizer, split: data.Split, jit_compi
     shorter calls at epoch ends and checkpoints) compiles once.
     """
     train_step = make_train_step(model, optimizer)
+    if jit_mode(jit_compile) == "step":
+        train_step = tf.function(train_step, jit_compile=True)
     images = tf.constant(split.images)
     labels = tf.constant(split.labels)
 
-    @tf.function(jit_compile=jit_compile)
+    @tf.function(jit_compile=jit_mode(jit_compile) == "true")
     def train_steps(batch_indices):
         step_count = batch_indices.shape[0]
         losses = tf.TensorArray(tf.float32, size=step_count)
