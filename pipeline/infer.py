@@ -39,7 +39,8 @@ def infer(saved_model_dir, test_split: data.Split, reference_logits: np.ndarray,
     batch_size = infer_config.throughput_batch_size
     batch_starts = range(0, len(images), batch_size)
     logits = np.concatenate([serve(images[start : start + batch_size]).numpy() for start in batch_starts])
-    single_images = [images[index % len(images)][None] for index in range(infer_config.latency_runs)]
+    single_images = [data.normalize(test_split.images[index % len(images)][None])
+                     for index in range(infer_config.latency_runs)]
     latencies = _time_calls(serve, single_images)
     large_batch = images[:batch_size]
     large_batch_seconds = _time_calls(serve, [large_batch] * infer_config.throughput_runs)
@@ -53,9 +54,10 @@ def infer(saved_model_dir, test_split: data.Split, reference_logits: np.ndarray,
     )
 
 
-def _time_calls(serve, batches) -> np.ndarray:
-    """Seconds per call, after one untimed call that pays for any first-call set-up."""
-    serve(batches[0]).numpy()
+def _time_calls(serve, batches, warmup_calls: int = 10) -> np.ndarray:
+    """Seconds per call, after a few untimed calls that pay for first-call set-up and cold caches."""
+    for batch in batches[:warmup_calls]:
+        serve(batch).numpy()
     seconds = []
     for batch in batches:
         started = time.perf_counter()

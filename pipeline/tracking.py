@@ -220,7 +220,7 @@ def log_model(model, saved_model_dir, input_example) -> str:
     keras.config.disable_interactive_logging()  # MLflow's predict on the example would draw a progress bar
     served = mlflow.pyfunc.log_model(
         name="model",
-        python_model=serving.ImageClassifier(),
+        python_model=str(pathlib.Path(serving.__file__).with_name("serving_model.py")),  # code, not a pickle
         artifacts={"saved_model": str(saved_model_dir)},
         code_paths=[str(pathlib.Path(serving.__file__).parent)],  # the pipeline package, so it loads anywhere
         signature=signature,
