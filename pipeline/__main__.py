@@ -46,14 +46,14 @@ def run_job(config: DictConfig, overrides: list[str], sweep_id: str | None = Non
         config_lib.validate(config)  # before MLflow and TensorFlow are even imported
     except config_lib.ConfigError as error:
         if sweep_id:  # a failed run for the sweep's report, rather than a silently missing job
-            from pipeline import tracking
+            from pipeline import sweeps, tracking
 
-            tags = {"precision.policy": policy} | tracking.sweep_tags(config.tracking, sweep_id)
+            tags = {"precision.policy": policy} | sweeps.sweep_tags(config.tracking, sweep_id)
             tracking.record_failed_run(config, run_name, tags, error)
         raise
-    from pipeline import tracking
+    from pipeline import sweeps, tracking
 
-    tags = {"precision.policy": policy} | (tracking.sweep_tags(config.tracking, sweep_id) if sweep_id else {})
+    tags = {"precision.policy": policy} | (sweeps.sweep_tags(config.tracking, sweep_id) if sweep_id else {})
     tags["checkpoint.dir"] = str(config.train.checkpoint_dir)
     with tracking.start_run(config.tracking, run_name, tags, resume_run_id=config.train.resume) as run:
         if not config.train.resume:

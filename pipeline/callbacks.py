@@ -28,12 +28,12 @@ class SweepTrackingCallback(Callback):
         self.tracking_config = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from pipeline import tracking
+        from pipeline import sweeps
 
         self.tracking_config = config.tracking
         sweep_overrides = list(config.hydra.overrides.task)
         try:
-            self.parent_run_id = tracking.start_sweep(config.tracking, sweep_id_of(config.hydra.sweep.dir),
+            self.parent_run_id = sweeps.start_sweep(config.tracking, sweep_id_of(config.hydra.sweep.dir),
                                                       sweep_overrides)
         except Exception as error:
             raise SystemExit(f"cannot start the sweep's MLflow run at {config.tracking.uri}: {error}") from error
@@ -41,12 +41,12 @@ class SweepTrackingCallback(Callback):
         atexit.register(self._end_if_open, "KILLED")
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from pipeline import report, tracking
+        from pipeline import report, sweeps
 
-        parent_run = tracking.find_sweep(config.tracking, sweep_id_of(config.hydra.sweep.dir))
+        parent_run = sweeps.find_sweep(config.tracking, sweep_id_of(config.hydra.sweep.dir))
         report_dir = os.path.join(config.hydra.sweep.dir, "report")
         sweep_report = report.make_report(config.tracking, parent_run, report_dir)
-        tracking.log_report(config.tracking, self.parent_run_id, report_dir)
+        sweeps.log_report(config.tracking, self.parent_run_id, report_dir)
         logger.info("sweep report (also in %s and on MLflow run %s):\n%s", report_dir, self.parent_run_id,
                     sweep_report.markdown)
         failed = sweep_report.failed_runs
@@ -58,7 +58,7 @@ class SweepTrackingCallback(Callback):
     def _end_if_open(self, status: str) -> None:
         if self.parent_run_id is None:
             return
-        from pipeline import tracking
+        from pipeline import sweeps
 
-        tracking.end_sweep(self.tracking_config, self.parent_run_id, status)
+        sweeps.end_sweep(self.tracking_config, self.parent_run_id, status)
         self.parent_run_id = None

@@ -50,13 +50,13 @@ def choose_champion(candidates, rule) -> tuple[object, str]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="promote")
 def main(config: DictConfig) -> None:
-    from pipeline import registry, tracking
+    from pipeline import registry, sweeps
 
     name = config.tracking.registered_model
-    parent_run = tracking.find_sweep(config.tracking, config.sweep_id)
+    parent_run = sweeps.find_sweep(config.tracking, config.sweep_id)
     if parent_run is None or not name:
         raise SystemExit(f"nothing to promote: no sweep in {config.tracking.uri} or tracking.registered_model unset")
-    sweep_id = parent_run.data.tags[tracking.SWEEP_ID_TAG]
+    sweep_id = parent_run.data.tags[sweeps.SWEEP_ID_TAG]
     candidates = registry.sweep_candidates(config.tracking, name, sweep_id, config.rule.metric)
     try:
         champion, reason = choose_champion(candidates, config.rule)

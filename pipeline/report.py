@@ -44,9 +44,9 @@ class Report:
 
 def make_report(tracking_config, parent_run, output_dir) -> Report:
     """Tabulates a sweep's jobs, writes report.csv, report.md and plots into `output_dir`."""
-    from pipeline import tracking
+    from pipeline import sweeps
 
-    jobs = tracking.sweep_jobs(tracking_config, parent_run)
+    jobs = sweeps.sweep_jobs(tracking_config, parent_run)
     rows = compare_to_float32([_row(job) for job in jobs])
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -56,7 +56,7 @@ def make_report(tracking_config, parent_run, output_dir) -> Report:
         writer = csv.DictWriter(csv_file, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    loss_curves = {job.info.run_name: tracking.metric_history(tracking_config, job.info.run_id, "train/loss")
+    loss_curves = {job.info.run_name: sweeps.metric_history(tracking_config, job.info.run_id, "train/loss")
                    for job in jobs}
     plots = plot(rows, loss_curves, output_dir)
     return Report(rows=rows, markdown=markdown, files=[output_dir / "report.md", output_dir / "report.csv", *plots])
@@ -159,15 +159,15 @@ def _format(column: str, value) -> str:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="report")
 def main(config: DictConfig) -> None:
-    from pipeline import tracking
+    from pipeline import sweeps
 
-    parent_run = tracking.find_sweep(config.tracking, config.sweep_id)
+    parent_run = sweeps.find_sweep(config.tracking, config.sweep_id)
     if parent_run is None:
         raise SystemExit(f"no sweep found in {config.tracking.uri} (sweep_id={config.sweep_id}); run one with -m first")
     report = make_report(config.tracking, parent_run, config.output_dir)
-    tracking.log_report(config.tracking, parent_run.info.run_id, config.output_dir)
+    sweeps.log_report(config.tracking, parent_run.info.run_id, config.output_dir)
     print(report.markdown)
-    logger.info("report of sweep %s in %s", parent_run.data.tags[tracking.SWEEP_ID_TAG], config.output_dir)
+    logger.info("report of sweep %s in %s", parent_run.data.tags[sweeps.SWEEP_ID_TAG], config.output_dir)
 
 
 if __name__ == "__main__":
