@@ -103,17 +103,6 @@ def matmul_roofline(size=2048, repeats=20) -> dict[str, float]:
     return peaks
 
 
-def time_calls(call, arguments) -> np.ndarray:
-    """Seconds per call of `call(argument)`, after one untimed call."""
-    np.asarray(call(arguments[0]))
-    seconds = []
-    for argument in arguments:
-        started = time.perf_counter()
-        np.asarray(call(argument))
-        seconds.append(time.perf_counter() - started)
-    return np.array(seconds)
-
-
 def section_training(split, quick) -> list[dict]:
     """The pipeline's loop against plain model.fit, XLA held equal on both sides, on and off.
 
@@ -194,8 +183,8 @@ def section_inference(split, quick) -> list[dict]:
     rows = [{"how": "infer stage", "latency_ms_p50": stage.latency_ms_p50, "latency_ms_p99": stage.latency_ms_p99,
              "examples_per_sec_batch_1024": stage.examples_per_sec}]
     for how, call in callers.items():
-        latencies = time_calls(call, single)
-        large_seconds = time_calls(call, [large] * 20)
+        latencies = infer.time_calls(call, single)
+        large_seconds = infer.time_calls(call, [large] * 20)
         rows.append({"how": how, "latency_ms_p50": float(np.percentile(latencies, 50) * 1000),
                      "latency_ms_p99": float(np.percentile(latencies, 99) * 1000),
                      "examples_per_sec_batch_1024": 1024 * 20 / large_seconds.sum()})
@@ -281,7 +270,7 @@ def section_http(split, quick) -> dict:
                                              headers={"Content-Type": "application/json"})
             urllib.request.urlopen(request, timeout=30).read()
 
-        latencies = time_calls(post, list(range(50 if quick else 200)))
+        latencies = infer.time_calls(post, list(range(50 if quick else 200)))
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
@@ -314,7 +303,7 @@ def section_ops(split, quick) -> list[dict]:
                 return tape.gradient(total, kernel)
 
             forward_backward().numpy()
-            seconds = time_calls(lambda _: forward_backward().numpy(), list(range(5 if quick else 20)))
+            seconds = infer.time_calls(lambda _: forward_backward().numpy(), list(range(5 if quick else 20)))
             row[f"{policy}_ms"] = float(np.median(seconds) * 1000)
         row["bfloat16_vs_float32"] = row["mixed_bfloat16_ms"] / row["float32_ms"]
         row["float16_vs_float32"] = row["mixed_float16_ms"] / row["float32_ms"]

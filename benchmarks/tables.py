@@ -4,47 +4,46 @@ import json
 import sys
 
 
+def print_table(title: str, columns: dict[str, str], rows: list[dict]) -> None:
+    """One Markdown table: `columns` maps each header to a format string over a row's keys."""
+    if not rows:
+        return
+    print(f"\n{title}\n")
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for row in rows:
+        print("| " + " | ".join(cell.format(**row) for cell in columns.values()) + " |")
+
+
 def main(path: str) -> None:
     results = json.load(open(path))
-    print("Training, examples/s (pipeline vs `model.fit`, XLA held equal: fit's XLA is per step)\n")
-    print("| model | batch | policy | jit_compile | pipeline | model.fit | ratio |")
-    print("|---|---|---|---|---|---|---|")
-    for row in results.get("training", []):
-        print(f"| {row['model']} | {row['batch_size']} | {row['policy']} | {row['jit_compile']} | "
-              f"{row['pipeline_examples_per_sec']:,.0f} | {row['fit_examples_per_sec']:,.0f} | "
-              f"{row['speedup_vs_fit']:.2f}x |")
-    print("\nBest tuned `model.fit` (XLA on, steps_per_execution swept) vs the pipeline's best mode, MLP float32\n")
-    print("| batch | fit by steps_per_execution (1 / 10 / 50 / 200) "
-          "| pipeline by jit_compile (false / step / true) | ratio |")
-    print("|---|---|---|---|")
-    for row in results.get("tuned_fit", []):
-        fits = " / ".join(f"{value:,.0f}" for value in row["fit_by_steps_per_execution"].values())
-        ours = " / ".join(f"{value:,.0f}" for value in row["pipeline_by_jit_compile"].values())
-        print(f"| {row['batch_size']} | {fits} | {ours} | {row['speedup_vs_tuned_fit']:.2f}x |")
-    roofline = results.get("roofline")
-    if roofline:
-        peaks = roofline["matmul_gflops_per_sec"]
-        print("\nRoofline: 2048x2048 matmul GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()) + "\n")
-        print("| model | batch | policy | examples/s | GFLOP/s | % of its dtype's matmul roofline |")
-        print("|---|---|---|---|---|---|")
-        for row in roofline["training"]:
-            print(f"| {row['model']} | {row['batch_size']} | {row['policy']} | {row['examples_per_sec']:,.0f} | "
-                  f"{row['gflops_per_sec']:.1f} | {row['percent_of_roofline']:.0f}% |")
-    if results.get("inference"):
-        print("\nInference, the same exported MLP\n")
-        print("| how | p50 ms (batch 1) | p99 ms (batch 1) | examples/s (batch 1024) |")
-        print("|---|---|---|---|")
-        for row in results["inference"]:
-            print(f"| {row['how']} | {row['latency_ms_p50']:.3f} | {row['latency_ms_p99']:.3f} | "
-                  f"{row['examples_per_sec_batch_1024']:,.0f} |")
-    if results.get("ops"):
-        print("\nWhere the CNN's reduced-precision time goes: forward+backward of its own ops, batch 256, ms\n")
-        print("| op | float32 | float16 | bfloat16 | float16/float32 | bfloat16/float32 |")
-        print("|---|---|---|---|---|---|")
-        for row in results["ops"]:
-            print(f"| {row['op']} | {row['float32_ms']:.2f} | {row['mixed_float16_ms']:.2f} | "
-                  f"{row['mixed_bfloat16_ms']:.2f} | {row['float16_vs_float32']:.1f}x | "
-                  f"{row['bfloat16_vs_float32']:.1f}x |")
+    print_table("Training, examples/s (pipeline vs `model.fit`, XLA held equal: fit's XLA is per step)", {
+        "model": "{model}", "batch": "{batch_size}", "policy": "{policy}", "jit_compile": "{jit_compile}",
+        "pipeline": "{pipeline_examples_per_sec:,.0f}", "model.fit": "{fit_examples_per_sec:,.0f}",
+        "ratio": "{speedup_vs_fit:.2f}x",
+    }, results.get("training", []))
+    tuned = [row | {"fits": " / ".join(f"{value:,.0f}" for value in row["fit_by_steps_per_execution"].values()),
+                    "ours": " / ".join(f"{value:,.0f}" for value in row["pipeline_by_jit_compile"].values())}
+             for row in results.get("tuned_fit", [])]
+    print_table("Best tuned `model.fit` (XLA on, steps_per_execution swept) vs the pipeline's best mode, MLP float32", {
+        "batch": "{batch_size}", "fit by steps_per_execution (1 / 10 / 50 / 200)": "{fits}",
+        "pipeline by jit_compile (false / step / true)": "{ours}", "ratio": "{speedup_vs_tuned_fit:.2f}x",
+    }, tuned)
+    roofline = results.get("roofline", {})
+    peaks = ", ".join(f"{k} {v:.0f}" for k, v in roofline.get("matmul_gflops_per_sec", {}).items())
+    print_table(f"Roofline: 2048x2048 matmul GFLOP/s: {peaks}", {
+        "model": "{model}", "batch": "{batch_size}", "policy": "{policy}", "examples/s": "{examples_per_sec:,.0f}",
+        "GFLOP/s": "{gflops_per_sec:.1f}", "% of its dtype's matmul roofline": "{percent_of_roofline:.0f}%",
+    }, roofline.get("training", []))
+    print_table("Inference, the same exported MLP", {
+        "how": "{how}", "p50 ms (batch 1)": "{latency_ms_p50:.3f}", "p99 ms (batch 1)": "{latency_ms_p99:.3f}",
+        "examples/s (batch 1024)": "{examples_per_sec_batch_1024:,.0f}",
+    }, results.get("inference", []))
+    print_table("Where the CNN's reduced-precision time goes: forward+backward of its own ops, batch 256, ms", {
+        "op": "{op}", "float32": "{float32_ms:.2f}", "float16": "{mixed_float16_ms:.2f}",
+        "bfloat16": "{mixed_bfloat16_ms:.2f}", "float16/float32": "{float16_vs_float32:.1f}x",
+        "bfloat16/float32": "{bfloat16_vs_float32:.1f}x",
+    }, results.get("ops", []))
     for key in ("tracking", "startup", "http"):
         if results.get(key):
             print(f"\n{key}: {json.dumps(results[key])}")

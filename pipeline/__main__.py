@@ -42,18 +42,19 @@ def run_job(config: DictConfig, overrides: list[str], sweep_id: str | None = Non
     """Runs the configured stages for one job inside one MLflow run; returns the eval accuracy."""
     policy = str(config.precision.policy)
     run_name = f"{config.model.name}-{policy}-bs{config.data.batch_size}"
+    config_error = None
     try:
         config_lib.validate(config)  # before MLflow and TensorFlow are even imported
     except config_lib.ConfigError as error:
-        if sweep_id:  # a failed run for the sweep's report, rather than a silently missing job
-            from pipeline import sweeps, tracking
-
-            tags = {"precision.policy": policy} | sweeps.sweep_tags(config.tracking, sweep_id)
-            tracking.record_failed_run(config, run_name, tags, error)
-        raise
+        if not sweep_id:
+            raise
+        config_error = error
     from pipeline import sweeps, tracking
 
     tags = {"precision.policy": policy} | (sweeps.sweep_tags(config.tracking, sweep_id) if sweep_id else {})
+    if config_error:  # a failed run for the sweep's report, rather than a silently missing job
+        tracking.record_failed_run(config, run_name, tags, config_error)
+        raise config_error
     tags["checkpoint.dir"] = str(config.train.checkpoint_dir)
     with tracking.start_run(config.tracking, run_name, tags, resume_run_id=config.train.resume) as run:
         if not config.train.resume:

@@ -34,7 +34,7 @@ class SweepTrackingCallback(Callback):
         sweep_overrides = list(config.hydra.overrides.task)
         try:
             self.parent_run_id = sweeps.start_sweep(config.tracking, sweep_id_of(config.hydra.sweep.dir),
-                                                      sweep_overrides)
+                                                    sweep_overrides)
         except Exception as error:
             raise SystemExit(f"cannot start the sweep's MLflow run at {config.tracking.uri}: {error}") from error
         # A sweep stopped by an exception or Ctrl-C never reaches on_multirun_end.

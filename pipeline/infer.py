@@ -41,9 +41,9 @@ def infer(saved_model_dir, test_split: data.Split, reference_logits: np.ndarray,
     logits = np.concatenate([serve(images[start : start + batch_size]).numpy() for start in batch_starts])
     single_images = [data.normalize(test_split.images[index % len(images)][None])
                      for index in range(infer_config.latency_runs)]
-    latencies = _time_calls(serve, single_images)
+    latencies = time_calls(serve, single_images)
     large_batch = images[:batch_size]
-    large_batch_seconds = _time_calls(serve, [large_batch] * infer_config.throughput_runs)
+    large_batch_seconds = time_calls(serve, [large_batch] * infer_config.throughput_runs)
     return InferResult(
         latency_ms_p50=float(np.percentile(latencies, 50) * 1000),
         latency_ms_p99=float(np.percentile(latencies, 99) * 1000),
@@ -54,13 +54,14 @@ def infer(saved_model_dir, test_split: data.Split, reference_logits: np.ndarray,
     )
 
 
-def _time_calls(serve, batches, warmup_calls: int = 10) -> np.ndarray:
-    """Seconds per call, after a few untimed calls that pay for first-call set-up and cold caches."""
-    for batch in batches[:warmup_calls]:
-        serve(batch).numpy()
+def time_calls(call, arguments, warmup_calls: int = 10) -> np.ndarray:
+    """Seconds per `call(argument)`, its result fetched to the host, after a few untimed calls
+    that pay for first-call set-up and cold caches."""
+    for argument in arguments[:warmup_calls]:
+        np.asarray(call(argument))
     seconds = []
-    for batch in batches:
+    for argument in arguments:
         started = time.perf_counter()
-        serve(batch).numpy()
+        np.asarray(call(argument))
         seconds.append(time.perf_counter() - started)
     return np.array(seconds)

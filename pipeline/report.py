@@ -67,13 +67,17 @@ def compare_to_float32(rows: list[dict]) -> list[dict]:
     baselines = {(row["model"], row["batch_size"]): row for row in rows
                  if row["policy"] == "float32" and row["status"] == "FINISHED"}
     for row in rows:
-        baseline = baselines.get((row["model"], row["batch_size"]))
-        usable = baseline is not None and row["eval_accuracy"] is not None
-        row["delta_accuracy_vs_float32"] = row["eval_accuracy"] - baseline["eval_accuracy"] if usable else None
-        row["speedup_vs_float32"] = (
-            row["train_examples_per_sec"] / baseline["train_examples_per_sec"] if usable else None
-        )
+        baseline = baselines.get((row["model"], row["batch_size"]), {})
+        row["delta_accuracy_vs_float32"] = _ratio_or_none(row, baseline, "eval_accuracy", lambda a, b: a - b)
+        row["speedup_vs_float32"] = _ratio_or_none(row, baseline, "train_examples_per_sec", lambda a, b: a / b)
     return sorted(rows, key=lambda row: (row["model"], row["batch_size"], row["policy"]))
+
+
+def _ratio_or_none(row: dict, baseline: dict, key: str, compare):
+    # A job without the figure (failed, or a sweep with stages=[train]) has nothing to compare.
+    if row.get(key) is None or baseline.get(key) is None:
+        return None
+    return compare(row[key], baseline[key])
 
 
 def to_markdown(rows: list[dict]) -> str:
@@ -100,13 +104,14 @@ def plot(rows: list[dict], loss_curves: dict[str, list[tuple[int, float]]], outp
         figure, axes = pyplot.subplots(figsize=(7, 4.5))
         for model, policy in series:
             points = sorted((row["batch_size"], row[metric]) for row in finished
-                            if (row["model"], row["policy"]) == (model, policy))
-            axes.plot(*zip(*points), marker="o", label=f"{model} {policy}")
+                            if (row["model"], row["policy"]) == (model, policy) and row[metric] is not None)
+            if points:
+                axes.plot(*zip(*points), marker="o", label=f"{model} {policy}")
         axes.set(xlabel="batch size", ylabel=label, xscale="log", title=f"{label} vs batch size")
         paths.append(_save(figure, axes, output_dir / file_name))
     figure, axes = pyplot.subplots(figsize=(7, 4.5))
-    labels = [row["run"] for row in finished]
-    axes.barh(labels, [row["eval_accuracy"] for row in finished])
+    evaluated = [row for row in finished if row["eval_accuracy"] is not None]
+    axes.barh([row["run"] for row in evaluated], [row["eval_accuracy"] for row in evaluated])
     axes.set(xlabel="eval accuracy", title="accuracy per job")
     paths.append(_save(figure, None, output_dir / "accuracy_per_policy.png"))
     figure, axes = pyplot.subplots(figsize=(7, 4.5))

@@ -84,27 +84,13 @@ def start_run(tracking_config, run_name: str, tags: dict[str, str], resume_run_i
         mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
         raise
     except BaseException as error:
-        mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:5000])
+        mlflow.set_tag("error", _describe(error))
         mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
         raise
     else:
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
     finally:
         restore_sigterm()
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def _reopen(tracking_config, run_id: str):
@@ -123,17 +109,16 @@ def record_failed_run(config: DictConfig, run_name: str, tags: dict[str, str], e
     tracking_config = config.tracking
     client = mlflow.MlflowClient(tracking_config.uri)
     run = client.create_run(prepare_store(tracking_config), run_name=run_name,
-                            tags=tags | {"error": f"{type(error).__name__}: {error}"})
-    params = flatten(OmegaConf.to_container(config, resolve=True, enum_to_str=True))
-    client.log_batch(run.info.run_id, params=[Param(key, str(value)) for key, value in params.items()])
+                            tags=tags | {"error": _describe(error)})
+    params = _config_params(OmegaConf.to_container(config, resolve=True, enum_to_str=True))
+    client.log_batch(run.info.run_id, params=[Param(key, value) for key, value in params.items()])
     client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
 
 
 def log_config(config: DictConfig, overrides: list[str]) -> None:
     """The resolved config as dotted params (precision.policy, data.batch_size, ...) and as files."""
     resolved = OmegaConf.to_container(config, resolve=True, enum_to_str=True)
-    params = {key: str(value) for key, value in flatten(resolved).items()}
-    mlflow.log_params(params)
+    mlflow.log_params(_config_params(resolved))
     mlflow.log_dict(resolved, "config/config.yaml")
     mlflow.log_dict({"overrides": list(overrides)}, "config/overrides.yaml")
 
@@ -215,6 +200,14 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def _config_params(resolved: dict) -> dict[str, str]:
+    return {key: str(value) for key, value in flatten(resolved).items()}
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:5000]  # MLflow caps tag values
 
 
 def _check_server(uri: str, timeout_s: float = 5.0) -> None:

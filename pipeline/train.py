@@ -140,7 +140,7 @@ def train(model: keras.Model, datasets, train_config, policy: str, log_metric: M
         datasets: the training split is read from `datasets.train`.
         train_config: the train config group.
         policy: the precision policy the model was built under.
-        log_metric: receives train/loss points once a call.
+        log_metric: receives the train/loss points, in one batch an epoch (or every 30 s) and at the end.
         optimizer: an optimizer to continue with (a restored checkpoint's); a new one if None.
         start_step: steps already taken (resuming); the data order continues from there.
         on_steps_done: called with the step count after every call (checkpointing).

@@ -98,3 +98,18 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path, fashion_mnist_dir):
     assert statuses == [("job", "FAILED"), ("job", "FINISHED"), ("parent", "FAILED")]
     report = next((tmp_path / "multirun").rglob("report.md")).read_text()
     assert "| FAILED |" in report and "| FINISHED |" in report
+
+
+@pytest.mark.e2e
+def test_a_bad_config_in_a_sweep_shows_as_a_failed_run(tmp_path, fashion_mnist_dir):
+    result = run_pipeline(
+        ["-m", "data.batch_size=0,64", "data=fashion_mnist", "data.source=idx", f"data.idx_dir={fashion_mnist_dir}",
+         "train.max_steps=5", "stages=[train]", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+         f"tracking.artifact_root={tmp_path}/artifacts"],
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0 and "1 of 2 jobs failed: mlp-float32-bs0" in result.stderr
+    _, runs = finished_runs(tmp_path)
+    (failed,) = [run for run in runs if run.info.status == "FAILED" and "sweep.role" not in run.data.tags]
+    assert failed.data.tags["error"] == "ConfigError: data.batch_size=0 must be positive"
+    assert failed.data.params["data.batch_size"] == "0" and "mlflow.parentRunId" in failed.data.tags
