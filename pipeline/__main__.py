@@ -45,10 +45,21 @@ def run_job(config: DictConfig, overrides: list[str], sweep_id: str | None = Non
     config_error = None
     try:
         config_lib.validate(config)  # before MLflow and TensorFlow are even imported
+        if sweep_id and config.distribute.strategy == "multi_worker":
+            raise config_lib.ConfigError("distribute=multi_worker runs one job across the cluster's processes; "
+                                         "start it without -m (one command per worker)")
     except config_lib.ConfigError as error:
         if not sweep_id:
             raise
         config_error = error
+    from pipeline import distribute
+
+    if not distribute.is_chief() and config.distribute.strategy == "multi_worker":
+        from pipeline import stages
+
+        stages.train_as_worker(config)  # the chief alone logs, evaluates, exports and registers
+        logger.info("%s: worker done; the chief's MLflow run has the results", run_name)
+        return None
     from pipeline import sweeps, tracking
 
     tags = {"precision.policy": policy} | (sweeps.sweep_tags(config.tracking, sweep_id) if sweep_id else {})

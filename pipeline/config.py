@@ -7,6 +7,7 @@ before TensorFlow is imported, so a bad config fails in about a second.
 
 import dataclasses
 import enum
+import os
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -34,6 +35,18 @@ class ServingPolicy(enum.StrEnum):
 class DataSource(enum.StrEnum):
     tfds = "tfds"
     idx = "idx"
+
+
+class Strategy(enum.StrEnum):
+    none = "none"
+    mirrored = "mirrored"
+    multi_worker = "multi_worker"
+
+
+class Communication(enum.StrEnum):
+    auto = "auto"
+    ring = "ring"
+    nccl = "nccl"
 
 
 class ConfigError(PipelineError):
@@ -98,6 +111,14 @@ class InferConfig:
 
 
 @dataclasses.dataclass
+class DistributeConfig:
+    strategy: Strategy = Strategy.none
+    devices: list[str] | None = None
+    logical_cpus: int | None = None
+    communication: Communication = Communication.auto
+
+
+@dataclasses.dataclass
 class TrackingConfig:
     uri: str = MISSING
     artifact_root: str | None = None
@@ -115,6 +136,7 @@ def register_schemas() -> None:
         ("train", "base_train", TrainConfig),
         ("export", "base_export", ExportConfig),
         ("infer", "base_infer", InferConfig),
+        ("distribute", "base_distribute", DistributeConfig),
         ("tracking", "base_tracking", TrackingConfig),
     ):
         store.store(group=group, name=name, node=node)
@@ -140,8 +162,24 @@ def validate(config) -> None:
     if not stages or stages != list(STAGES[: len(stages)]):
         raise ConfigError(f"stages={stages} is not a run of stages; use a prefix of [{', '.join(STAGES)}] "
                           "(each stage needs the ones before it)")
+    _validate_distribute(config)
     if config.data.name not in SPLIT_SIZES:
         raise ConfigError(f"data.name={config.data.name!r} is not a dataset; use one of {', '.join(SPLIT_SIZES)}")
+
+
+def _validate_distribute(config) -> None:
+    strategy = config.distribute.strategy
+    if strategy == Strategy.none:
+        return
+    if str(config.train.jit_compile).lower() == "true":
+        raise ConfigError(f"train.jit_compile=true compiles whole calls, which cannot hold distribute={strategy}'s "
+                          "cross-replica gradient sum; use train.jit_compile=step or false")
+    logical_cpus = config.distribute.get("logical_cpus")
+    if logical_cpus is not None and logical_cpus < 2:
+        raise ConfigError(f"distribute.logical_cpus={logical_cpus} must be at least 2 (or null)")
+    if strategy == Strategy.multi_worker and not os.environ.get("TF_CONFIG"):
+        raise ConfigError("distribute=multi_worker needs the TF_CONFIG environment variable describing the cluster "
+                          "(see the README's multi-worker section); use distribute=none for one process")
 
 
 def _require_positive(config, *keys: str) -> None:

@@ -18,19 +18,23 @@ class ExportResult:
     policy: str
 
 
-def export(trained: keras.Model, export_config, model_config, training_policy: str, seed: int) -> ExportResult:
+def export(trained: keras.Model, export_config, model_config, training_policy: str, seed: int,
+           distributed: bool = False) -> ExportResult:
     """Writes the serving model as a SavedModel under <export.dir>/saved_model.
 
     With export.serving_policy other than `same`, the model is rebuilt under that policy from the
     same definition and takes the trained weights (variables are float32 under every policy), so
     a model trained in mixed_float16 on a GPU can be served in float32 or bfloat16 on a CPU.
 
+    A model trained under a tf.distribute strategy (`distributed`) is rebuilt the same way, so
+    the SavedModel holds plain variables rather than one copy per replica.
+
     The `serve` endpoint takes float32 images (batch, 28, 28, 1) scaled to [0, 1] and returns
     float32 logits (batch, 10).
     """
     policy = training_policy if export_config.serving_policy == "same" else str(export_config.serving_policy)
     serving_model = trained
-    if policy != training_policy:
+    if policy != training_policy or distributed:
         serving_model = model_lib.build_model(model_config, policy, seed=seed)
         serving_model.set_weights(trained.get_weights())
     saved_model_dir = pathlib.Path(export_config.dir) / "saved_model"

@@ -1,20 +1,24 @@
 """Model definitions, shared by training and serving. Build them after the precision policy is set."""
 
+import contextlib
+
 import hydra.utils
 import keras
 
 from pipeline import data, precision
 
 
-def build_model(model_config, policy: str, seed: int) -> keras.Model:
+def build_model(model_config, policy: str, seed: int, strategy=None) -> keras.Model:
     """Sets `policy` for this job, then builds the configured model (model.<name>'s `_target_`).
 
     One function does both so no caller can build a layer before the policy is in place.
     Seeds Python, NumPy and TensorFlow after the session reset, so weights start the same.
+    Under a tf.distribute `strategy` the weights are created in its scope (one copy per replica).
     """
     precision.set_precision_policy(policy)
     keras.utils.set_random_seed(seed)
-    return hydra.utils.instantiate(model_config)
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        return hydra.utils.instantiate(model_config)
 
 
 def build_mlp(hidden_units: int = 128, name: str = "mlp") -> keras.Model:

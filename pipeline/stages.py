@@ -2,10 +2,25 @@
 
 import dataclasses
 import logging
+import tempfile
 
 import tensorflow as tf
 
-from pipeline import checkpoints, data, device, evaluate, export, infer, model, precision, registry, tracking, train
+from pipeline import (
+    checkpoints,
+    data,
+    device,
+    distribute,
+    evaluate,
+    export,
+    infer,
+    model,
+    precision,
+    registry,
+    tracking,
+    train,
+    train_steps,
+)
 
 logger = logging.getLogger("pipeline")
 
@@ -29,6 +44,7 @@ def run_stages(config, run_id: str, sweep_id: str | None, checkpoint_dir: str) -
         sweep_id: the sweep the job belongs to, or None.
         checkpoint_dir: where checkpoints go, and where a resumed run's latest one is read.
     """
+    strategy = distribute.make_strategy(config.distribute)  # first: multi-worker needs it before any TF op
     policy = str(config.precision.policy)
     supported, hardware_note = precision.hardware_support(
         policy, device.gpu_compute_capability(), device.read_cpu_flags())
@@ -37,17 +53,8 @@ def run_stages(config, run_id: str, sweep_id: str | None, checkpoint_dir: str) -
     tracking.set_tags(device.describe_device() | {
         "precision.hardware_supported": str(supported).lower(),
         "precision.hardware_note": hardware_note,
-    })
-    if config.train.deterministic:
-        # Process-wide and irreversible in TensorFlow: later jobs of a basic-launcher sweep stay deterministic.
-        tf.config.experimental.enable_op_determinism()
-    datasets = data.load_datasets(config.data)
-    untrained = model.build_model(config.model, policy, seed=config.train.seed)
-    optimizer = train.make_optimizer(policy, config.train.learning_rate)
-    checkpointer = checkpoints.Checkpointer(untrained, optimizer, checkpoint_dir, config.train.checkpoint_every_steps)
-    start_step = checkpointer.restore_latest() if config.train.resume else 0
-    trained = train.train(untrained, datasets, config.train, policy, log_metric=tracking.log_metric_history,
-                          optimizer=optimizer, start_step=start_step, on_steps_done=checkpointer.save_if_due)
+    } | distribute.describe(strategy, config.distribute))
+    datasets, trained = _train(config, strategy, checkpoint_dir, log_metric=tracking.log_metric_history)
     tracking.log_metrics(trained.metrics())
     tracking.set_tags({"train.peak_memory_source": trained.peak_memory_source})
     result = JobResult(examples_per_sec=trained.examples_per_sec)
@@ -58,7 +65,8 @@ def run_stages(config, run_id: str, sweep_id: str | None, checkpoint_dir: str) -
     result.accuracy = evaluated.accuracy
     if "export" not in config.stages:
         return result
-    exported = export.export(trained.model, config.export, config.model, policy, seed=config.train.seed)
+    exported = export.export(trained.model, config.export, config.model, policy, seed=config.train.seed,
+                             distributed=config.distribute.strategy != "none")
     tracking.set_tags({"export.policy": exported.policy})
     if "infer" not in config.stages:
         return result
@@ -77,3 +85,33 @@ def run_stages(config, run_id: str, sweep_id: str | None, checkpoint_dir: str) -
             f"export parity {inferred.agreement:.4f}"
         ))
     return result
+
+
+def train_as_worker(config) -> None:
+    """A non-chief worker's part of a multi-worker job: the same training steps, nothing logged.
+
+    Every worker must take part in each step's all-reduce and in each checkpoint save (saving
+    distributed variables is collective too); a worker's checkpoints go to a temporary folder,
+    the chief's are the ones kept.
+    """
+    strategy = distribute.make_strategy(config.distribute)
+    with tempfile.TemporaryDirectory(prefix="worker-checkpoints-") as checkpoint_dir:
+        _train(config, strategy, checkpoint_dir, log_metric=None)
+
+
+def _train(config, strategy, checkpoint_dir: str, log_metric) -> tuple[data.Datasets, train.TrainResult]:
+    policy = str(config.precision.policy)
+    if config.train.deterministic:
+        # Process-wide and irreversible in TensorFlow: later jobs of a basic-launcher sweep stay deterministic.
+        tf.config.experimental.enable_op_determinism()
+    datasets = data.load_datasets(config.data)
+    untrained = model.build_model(config.model, policy, seed=config.train.seed, strategy=strategy)
+    with strategy.scope():
+        optimizer = train_steps.make_optimizer(policy, config.train.learning_rate)
+        checkpointer = checkpoints.Checkpointer(untrained, optimizer, checkpoint_dir,
+                                                config.train.checkpoint_every_steps)
+    start_step = checkpointer.restore_latest() if config.train.resume else 0
+    trained = train.train(untrained, datasets, config.train, policy, log_metric=log_metric, optimizer=optimizer,
+                          start_step=start_step, on_steps_done=checkpointer.save_if_due,
+                          strategy=None if config.distribute.strategy == "none" else strategy)
+    return datasets, trained

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import PipelineError, data, device
+from pipeline import PipelineError, device, distribute, train_steps
 
 # Receives a metric name and its (step, value) points; the entry point passes one that logs to
 # MLflow, tests pass a list's append or nothing.
@@ -61,78 +61,14 @@ class TrainResult:
         return metrics
 
 
-def make_optimizer(policy: str, learning_rate: float) -> keras.optimizers.Optimizer:
-    """Adam, wrapped in dynamic loss scaling for float16 (bfloat16 and float32 need none)."""
-    optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
-    if policy == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    return optimizer
-
-
-def make_train_step(model: keras.Model, optimizer):
-    """One optimizer step on a batch; returns the unscaled float32 loss. Not compiled by itself."""
-    loss_function = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    if not optimizer.built:  # a restored checkpoint's optimizer is already built
-        optimizer.build(model.trainable_variables)
-
-    def train_step(images, labels):
-        with tf.GradientTape() as tape:
-            loss = loss_function(labels, model(images, training=True))
-            # Identity for plain optimizers; multiplies by the dynamic scale under float16 so
-            # small gradients survive the float16 backward pass.
-            scaled_loss = optimizer.scale_loss(loss)
-        gradients = tape.gradient(scaled_loss, model.trainable_variables)
-        # LossScaleOptimizer unscales, and skips the update (halving the scale) on inf/NaN.
-        optimizer.apply(gradients, model.trainable_variables)
-        return loss
-
-    return train_step
-
-
-def jit_mode(jit_compile) -> str:
-    """train.jit_compile as one of "false", "step" (each step compiled) or "true" (each whole call)."""
-    return str(jit_compile).lower()
-
-
-def make_train_steps(model: keras.Model, optimizer, split: data.Split, jit_compile: str):
-    """A compiled call running one step per row of `batch_indices` (steps, batch size).
-
-    `jit_compile`: "false" (TensorFlow's graph executor), "step" (XLA compiles each step, the
-    loop of steps runs in the graph executor, as Keras's fit does) or "true" (XLA compiles the
-    whole call, loop included: fastest for small dense models, much slower for convolutions,
-    which XLA on CPU runs poorly inside a loop).
-
-    XLA needs the trip count and slice sizes static, and compiles again for every distinct value
-    of anything that sets them; so the call takes its batches' example indices as one tensor,
-    cut from the epoch's order outside. Each distinct step count (steps_per_call, and the few
-    shorter calls at epoch ends and checkpoints) compiles once.
-    """
-    train_step = make_train_step(model, optimizer)
-    if jit_mode(jit_compile) == "step":
-        train_step = tf.function(train_step, jit_compile=True)
-    images = tf.constant(split.images)
-    labels = tf.constant(split.labels)
-
-    @tf.function(jit_compile=jit_mode(jit_compile) == "true")
-    def train_steps(batch_indices):
-        step_count = batch_indices.shape[0]
-        losses = tf.TensorArray(tf.float32, size=step_count)
-        for index in tf.range(step_count):
-            batch = tf.gather(batch_indices, index)
-            loss = train_step(data.normalize(tf.gather(images, batch)), tf.gather(labels, batch))
-            losses = losses.write(index, loss)
-        return losses.stack()
-
-    return train_steps
-
-
 def epoch_order(example_count: int, seed: int, epoch: int) -> tf.Tensor:
     """The shuffled example order of one epoch: a function of seed and epoch alone, so resumable."""
     return tf.constant(np.random.default_rng([seed, epoch]).permutation(example_count).astype(np.int32))
 
 
 def train(model: keras.Model, datasets, train_config, policy: str, log_metric: MetricSink | None = None,
-          optimizer=None, start_step: int = 0, on_steps_done: Callable[[int], None] | None = None) -> TrainResult:
+          optimizer=None, start_step: int = 0, on_steps_done: Callable[[int], None] | None = None,
+          strategy=None) -> TrainResult:
     """Trains for train.epochs passes, or train.max_steps optimizer steps if that comes first.
 
     Args:
@@ -144,12 +80,20 @@ def train(model: keras.Model, datasets, train_config, policy: str, log_metric: M
         optimizer: an optimizer to continue with (a restored checkpoint's); a new one if None.
         start_step: steps already taken (resuming); the data order continues from there.
         on_steps_done: called with the step count after every call (checkpointing).
+        strategy: a tf.distribute strategy the model and optimizer were built under, or None;
+            each of its replicas takes an equal share of the batch size.
     """
-    optimizer = optimizer or make_optimizer(policy, train_config.learning_rate)
+    optimizer = optimizer or train_steps.make_optimizer(policy, train_config.learning_rate)
     batch_size = datasets.batch_size
     steps_per_epoch = len(datasets.train.labels) // batch_size
     total_steps = min(train_config.epochs * steps_per_epoch, train_config.max_steps or math.inf)
-    train_steps = make_train_steps(model, optimizer, datasets.train, train_config.jit_compile)
+    if strategy is None:
+        batch_shape = (batch_size,)
+        run_steps = train_steps.make_train_steps(model, optimizer, datasets.train, train_config.jit_compile)
+    else:
+        batch_shape = (strategy.num_replicas_in_sync, distribute.replica_batch_size(strategy, batch_size))
+        run_steps = train_steps.make_distributed_train_steps(model, optimizer, datasets.train,
+                                                             train_config.jit_compile, strategy)
     call_seconds, call_steps, loss_points = [], [], []
     step, loss_value, order_epoch, order = start_step, math.nan, None, None
     last_flush = time.monotonic()
@@ -163,8 +107,8 @@ def train(model: keras.Model, datasets, train_config, policy: str, log_metric: M
                              _steps_to_boundary(step, train_config.checkpoint_every_steps))
             started = time.perf_counter()
             batch_indices = tf.reshape(order[first_batch * batch_size : (first_batch + step_count) * batch_size],
-                                       (step_count, batch_size))
-            losses = train_steps(batch_indices).numpy()  # the call's one host sync
+                                       (step_count, *batch_shape))
+            losses = run_steps(batch_indices).numpy()  # the call's one host sync
             call_seconds.append(time.perf_counter() - started)
             call_steps.append(step_count)
             loss_points += [(step + offset + 1, float(loss)) for offset, loss in enumerate(losses)

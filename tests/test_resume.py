@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO_ROOT, compose, run_pipeline
 from test_train import tiny_datasets
 
-from pipeline import checkpoints, model, train
+from pipeline import checkpoints, model, train, train_steps
 
 
 def run_to(step_cap: int, checkpoint_dir, resume: bool, policy="mixed_float16"):
@@ -20,7 +20,7 @@ def run_to(step_cap: int, checkpoint_dir, resume: bool, policy="mixed_float16"):
     config = compose(["train.epochs=3", f"train.max_steps={step_cap}", "train.steps_per_call=3",
                       "train.checkpoint_every_steps=4", f"train.checkpoint_dir={checkpoint_dir}"])
     built = model.build_model(config.model, policy, seed=0)
-    optimizer = train.make_optimizer(policy, config.train.learning_rate)
+    optimizer = train_steps.make_optimizer(policy, config.train.learning_rate)
     checkpointer = checkpoints.Checkpointer(built, optimizer, str(checkpoint_dir), 4)
     start_step = checkpointer.restore_latest() if resume else 0
     return train.train(built, tiny_datasets(), config.train, policy, optimizer=optimizer,
@@ -43,7 +43,7 @@ def test_resumed_training_matches_uninterrupted_training(tmp_path):
 def test_restore_without_checkpoint_says_where_it_looked(tmp_path):
     config = compose([])
     built = model.build_model(config.model, "float32", seed=0)
-    checkpointer = checkpoints.Checkpointer(built, train.make_optimizer("float32", 0.001), str(tmp_path), 4)
+    checkpointer = checkpoints.Checkpointer(built, train_steps.make_optimizer("float32", 0.001), str(tmp_path), 4)
     with pytest.raises(FileNotFoundError, match=f"no checkpoint in {tmp_path}"):
         checkpointer.restore_latest()
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from conftest import compose
 
-from pipeline import data, model, train
+from pipeline import data, model, train, train_steps
 
 
 def tiny_datasets(count=256, batch_size=32):
@@ -22,7 +22,7 @@ def test_overflowing_float16_step_is_skipped_not_applied():
     built = model.build_model(compose(["model=mlp"]).model, "mixed_float16", seed=0)
     # A scale this large overflows float16 gradients on the first step.
     optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(1e-3), initial_scale=2.0**40)
-    train_step = train.make_train_step(built, optimizer)
+    train_step = train_steps.make_train_step(built, optimizer)
     split = tiny_datasets().train
     images, labels = data.normalize(split.images[:32]), split.labels[:32]
     weights_before = [weight.numpy().copy() for weight in built.weights]

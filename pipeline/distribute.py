@@ -1,0 +1,94 @@
+"""Multi-device training: the tf.distribute strategy a job trains under, and which process is chief.
+
+data.batch_size is the global batch: each replica takes an equal share of it, and the gradients
+are summed across replicas, so N replicas take the same optimizer steps as one device would on
+the same global batch (same learning rate, same seed, same data order).
+"""
+
+import json
+import os
+
+from pipeline import config as config_lib
+
+_strategies = {}  # one strategy per process and setting: MultiWorkerMirroredStrategy can only be made once
+
+
+class DistributeError(config_lib.ConfigError):
+    """The strategy cannot be set up as configured (batch split, devices, cluster)."""
+
+
+def is_chief() -> bool:
+    """Whether this process is the cluster's chief: the task of type chief, else worker 0.
+
+    Read from TF_CONFIG without TensorFlow; a process outside any cluster is its own chief.
+    """
+    cluster_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = cluster_config.get("task", {})
+    if not task:
+        return True
+    has_chief = "chief" in cluster_config.get("cluster", {})
+    return task.get("type") == "chief" or (not has_chief and task.get("type") == "worker" and task.get("index") == 0)
+
+
+def make_strategy(distribute_config):
+    """The tf.distribute strategy for distribute.strategy; TensorFlow's default one for `none`.
+
+    Call it before any TensorFlow op runs in the process: MultiWorkerMirroredStrategy configures
+    collective ops at start-up and refuses to afterwards.
+    """
+    import tensorflow as tf
+
+    name = str(distribute_config.strategy)
+    key = (name, tuple(distribute_config.devices or ()), distribute_config.logical_cpus)
+    if key in _strategies:
+        return _strategies[key]
+    if name == "none":
+        strategy = tf.distribute.get_strategy()
+    elif name == "mirrored":
+        strategy = tf.distribute.MirroredStrategy(devices=_mirrored_devices(distribute_config))
+    else:
+        implementation = {
+            "auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
+            "ring": tf.distribute.experimental.CommunicationImplementation.RING,
+            "nccl": tf.distribute.experimental.CommunicationImplementation.NCCL,
+        }[str(distribute_config.communication)]
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(
+            communication_options=tf.distribute.experimental.CommunicationOptions(implementation=implementation))
+    _strategies[key] = strategy
+    return strategy
+
+
+def _mirrored_devices(distribute_config) -> list[str] | None:
+    import tensorflow as tf
+
+    if distribute_config.logical_cpus:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        try:
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration()] * distribute_config.logical_cpus)
+        except RuntimeError as error:  # TensorFlow has already started its devices
+            raise DistributeError(f"distribute.logical_cpus={distribute_config.logical_cpus} must be set before "
+                                  f"TensorFlow starts; run it as a single job, not inside a sweep ({error})") from None
+        return [device.name for device in tf.config.list_logical_devices("CPU")]
+    return list(distribute_config.devices) if distribute_config.devices else None
+
+
+def replica_batch_size(strategy, global_batch_size: int) -> int:
+    """Each replica's share of the global batch.
+
+    Raises:
+        DistributeError: the global batch does not split evenly.
+    """
+    replicas = strategy.num_replicas_in_sync
+    if global_batch_size % replicas:
+        raise DistributeError(f"data.batch_size={global_batch_size} does not split evenly across {replicas} replicas; "
+                              f"use a multiple of {replicas}")
+    return global_batch_size // replicas
+
+
+def describe(strategy, distribute_config) -> dict[str, str]:
+    """Tags for the run: which strategy, how many replicas."""
+    return {
+        "distribute.strategy": str(distribute_config.strategy),
+        "distribute.replicas": str(strategy.num_replicas_in_sync),
+    }

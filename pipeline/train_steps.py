@@ -1,0 +1,143 @@
+"""Compiled training steps: the optimizer with loss scaling, one step, and calls of many steps.
+
+make_train_steps serves one device; make_distributed_train_steps the replicas of a tf.distribute
+strategy. Both take each call's batches as example indices into the device-resident split.
+"""
+
+import keras
+import tensorflow as tf
+
+from pipeline import data
+
+
+class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
+    """Keras's dynamic loss scaling, with one skip-or-apply decision across all replicas.
+
+    Keras checks each replica's own gradients for inf/NaN and, under a strategy that merges
+    calls, acts on the first replica's verdict: a step that overflowed on another replica would
+    then apply inf to every weight (and workers could disagree and hang in the all-reduce). Here
+    the replicas count their non-finite gradients together first, so all skip or all apply.
+    """
+
+    def check_finite(self, grads):
+        finite = super().check_finite(grads)
+        replica_context = tf.distribute.get_replica_context()
+        if replica_context is None or replica_context.num_replicas_in_sync == 1:
+            return finite
+        non_finite_replicas = replica_context.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
+        return tf.equal(non_finite_replicas, 0.0)
+
+
+def make_optimizer(policy: str, learning_rate: float) -> keras.optimizers.Optimizer:
+    """Adam, wrapped in dynamic loss scaling for float16 (bfloat16 and float32 need none).
+
+    Under a strategy, call it inside strategy.scope() so its variables are mirrored.
+    """
+    optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
+    if policy == "mixed_float16":
+        optimizer = LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def _loss_and_gradients(model, optimizer, loss_function, images, labels, global_batch_size):
+    """The batch's share of the global mean loss (unscaled) and the gradients of its scaled value."""
+    with tf.GradientTape() as tape:
+        per_example_loss = loss_function(labels, model(images, training=True))
+        loss = tf.nn.compute_average_loss(per_example_loss, global_batch_size=global_batch_size)
+        # Identity for plain optimizers; multiplies by the dynamic scale under float16 so
+        # small gradients survive the float16 backward pass.
+        scaled_loss = optimizer.scale_loss(loss)
+    return loss, tape.gradient(scaled_loss, model.trainable_variables)
+
+
+def make_train_step(model: keras.Model, optimizer):
+    """One optimizer step on a batch; returns the unscaled float32 loss. Not compiled by itself."""
+    loss_function = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+    if not optimizer.built:  # a restored checkpoint's optimizer is already built
+        optimizer.build(model.trainable_variables)
+
+    def train_step(images, labels):
+        loss, gradients = _loss_and_gradients(model, optimizer, loss_function, images, labels, tf.shape(labels)[0])
+        # LossScaleOptimizer unscales, and skips the update (halving the scale) on inf/NaN.
+        optimizer.apply(gradients, model.trainable_variables)
+        return loss
+
+    return train_step
+
+
+def jit_mode(jit_compile) -> str:
+    """train.jit_compile as one of "false", "step" (each step compiled) or "true" (each whole call)."""
+    return str(jit_compile).lower()
+
+
+def make_train_steps(model: keras.Model, optimizer, split: data.Split, jit_compile: str):
+    """A compiled call running one step per row of `batch_indices` (steps, batch size).
+
+    `jit_compile`: "false" (TensorFlow's graph executor), "step" (XLA compiles each step, the
+    loop of steps runs in the graph executor, as Keras's fit does) or "true" (XLA compiles the
+    whole call, loop included: fastest for small dense models, much slower for convolutions,
+    which XLA on CPU runs poorly inside a loop).
+
+    XLA needs the trip count and slice sizes static, and compiles again for every distinct value
+    of anything that sets them; so the call takes its batches' example indices as one tensor,
+    cut from the epoch's order outside. Each distinct step count (steps_per_call, and the few
+    shorter calls at epoch ends and checkpoints) compiles once.
+    """
+    train_step = make_train_step(model, optimizer)
+    if jit_mode(jit_compile) == "step":
+        train_step = tf.function(train_step, jit_compile=True)
+    images = tf.constant(split.images)
+    labels = tf.constant(split.labels)
+
+    @tf.function(jit_compile=jit_mode(jit_compile) == "true")
+    def train_steps(batch_indices):
+        step_count = batch_indices.shape[0]
+        losses = tf.TensorArray(tf.float32, size=step_count)
+        for index in tf.range(step_count):
+            batch = tf.gather(batch_indices, index)
+            loss = train_step(data.normalize(tf.gather(images, batch)), tf.gather(labels, batch))
+            losses = losses.write(index, loss)
+        return losses.stack()
+
+    return train_steps
+
+
+def make_distributed_train_steps(model: keras.Model, optimizer, split: data.Split, jit_compile: str, strategy):
+    """make_train_steps under a tf.distribute strategy: `batch_indices` is (steps, replicas, per replica).
+
+    Every replica holds the whole split on its device and takes its own row of each step's
+    indices; its loss is its share of the global batch mean, so the gradients the optimizer sums
+    across replicas are the global batch's. With jit_compile "step", XLA compiles each replica's
+    forward and backward pass; the all-reduce and the update run outside it.
+    """
+    loss_function = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+    if not optimizer.built:
+        with strategy.scope():
+            optimizer.build(model.trainable_variables)
+
+    def loss_and_gradients(images, labels, global_batch_size):
+        return _loss_and_gradients(model, optimizer, loss_function, images, labels, global_batch_size)
+
+    if jit_mode(jit_compile) == "step":
+        loss_and_gradients = tf.function(loss_and_gradients, jit_compile=True)
+    images = strategy.experimental_distribute_values_from_function(lambda _: tf.constant(split.images))
+    labels = strategy.experimental_distribute_values_from_function(lambda _: tf.constant(split.labels))
+
+    def replica_step(images, labels, step_indices):
+        replica_indices = tf.gather(step_indices, tf.distribute.get_replica_context().replica_id_in_sync_group)
+        global_batch_size = step_indices.shape[0] * step_indices.shape[1]
+        loss, gradients = loss_and_gradients(
+            data.normalize(tf.gather(images, replica_indices)), tf.gather(labels, replica_indices), global_batch_size)
+        optimizer.apply(gradients, model.trainable_variables)  # sums the gradients across replicas first
+        return loss
+
+    @tf.function
+    def train_steps(batch_indices):
+        step_count = batch_indices.shape[0]
+        losses = tf.TensorArray(tf.float32, size=step_count)
+        for index in tf.range(step_count):
+            replica_losses = strategy.run(replica_step, args=(images, labels, tf.gather(batch_indices, index)))
+            losses = losses.write(index, strategy.reduce(tf.distribute.ReduceOp.SUM, replica_losses, axis=None))
+        return losses.stack()
+
+    return train_steps

@@ -1,0 +1,142 @@
+"""tf.distribute training on CPU: 2 logical devices for MirroredStrategy, 2 local processes for multi-worker."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import mlflow
+import pytest
+from conftest import REPO_ROOT, run_pipeline
+from test_pipeline_e2e import QUICK_INFER
+
+ACCURACY_TOLERANCE = 0.005  # same global batch, seed and data order: only the all-reduce's summation order differs
+
+# Runs in a fresh process: logical devices must be set before TensorFlow starts.
+LOSS_SCALE_SCRIPT = """
+import json, sys
+import numpy as np, tensorflow as tf, keras
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+keras.mixed_precision.set_global_policy("mixed_float16")
+from pipeline import train_steps
+with strategy.scope():
+    variable = keras.Variable(np.ones(3, np.float32))
+    optimizer = train_steps.make_optimizer("mixed_float16", 0.1)
+    optimizer.build([variable])
+
+@tf.function
+def step(overflow_replica):
+    def replica_step():
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        gradient = tf.where(tf.equal(replica, overflow_replica), tf.fill([3], np.inf), tf.ones([3]))
+        optimizer.apply([gradient], [variable])
+    strategy.run(replica_step)
+
+results = {}
+for name, overflow_replica in (("overflow_on_replica_1", 1), ("finite", -1)):
+    step(tf.constant(overflow_replica))
+    results[name] = {"replicas": [v.numpy().tolist() for v in strategy.experimental_local_results(variable.value)],
+                     "scale": float(optimizer.dynamic_scale.numpy())}
+print(json.dumps(results))
+"""
+
+
+def test_loss_scaling_skips_a_step_on_every_replica_when_one_overflows():
+    # Stock Keras acts on replica 0's verdict alone and would write -inf into every weight here.
+    result = subprocess.run([sys.executable, "-c", LOSS_SCALE_SCRIPT], cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=300, env=os.environ | {"PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(result.stdout.strip().splitlines()[-1])
+    overflow, finite = results["overflow_on_replica_1"], results["finite"]
+    assert overflow["replicas"] == [[1.0] * 3, [1.0] * 3]  # skipped everywhere
+    assert overflow["scale"] == 2.0**14  # halved from 2**15
+    first, second = finite["replicas"]
+    assert first == second and first[0] < 1.0  # then a finite step applies on both, in step
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for open_socket in sockets:
+        open_socket.bind(("127.0.0.1", 0))
+    ports = [open_socket.getsockname()[1] for open_socket in sockets]
+    for open_socket in sockets:
+        open_socket.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def training_arguments(tmp_path_factory, fashion_mnist_dir):
+    store = tmp_path_factory.mktemp("distribute")
+    return store, [
+        "data=fashion_mnist", "data.source=idx", f"data.idx_dir={fashion_mnist_dir}", "data.batch_size=128",
+        "train.max_steps=300", f"tracking.uri=sqlite:///{store}/mlflow.db", f"tracking.artifact_root={store}/artifacts",
+        "tracking.registered_model=null", *QUICK_INFER,
+    ]
+
+
+@pytest.fixture(scope="module")
+def one_device_run(training_arguments):
+    store, arguments = training_arguments
+    result = run_pipeline([*arguments, "tracking.experiment=one-device"], cwd=store)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return only_run(store, "one-device")
+
+
+def only_run(store, experiment: str):
+    client = mlflow.MlflowClient(f"sqlite:///{store}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    return run
+
+
+@pytest.mark.e2e
+def test_two_workers_match_one_device_and_only_the_chief_logs(training_arguments, one_device_run):
+    store, arguments = training_arguments
+    ports = free_ports(2)
+    workers = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
+                     "task": {"type": "worker", "index": index}}
+        workers.append(subprocess.Popen(
+            [sys.executable, "-m", "pipeline", *arguments, "distribute=multi_worker", "tracking.experiment=two-workers",
+             f"hydra.run.dir={store}/worker{index}"],
+            cwd=store, env=os.environ | {"PYTHONPATH": str(REPO_ROOT), "TF_CONFIG": json.dumps(tf_config)},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [worker.communicate(timeout=600)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert "worker done" in outputs[1]
+    run = only_run(store, "two-workers")  # one run: the chief's
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["distribute.strategy"] == "multi_worker" and run.data.tags["distribute.replicas"] == "2"
+    assert run.data.metrics["train/steps"] == one_device_run.data.metrics["train/steps"] == 300
+    assert abs(run.data.metrics["eval/accuracy"] - one_device_run.data.metrics["eval/accuracy"]) <= ACCURACY_TOLERANCE
+    assert run.data.metrics["infer/agreement"] == 1.0  # the exported model is the trained one
+
+
+@pytest.mark.e2e
+def test_mirrored_float16_on_two_cpu_devices_reaches_the_one_device_accuracy(training_arguments, one_device_run):
+    store, arguments = training_arguments
+    result = run_pipeline([*arguments, "distribute=mirrored", "distribute.logical_cpus=2", "precision=mixed_float16",
+                           "tracking.experiment=mirrored"], cwd=store)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = only_run(store, "mirrored")
+    assert run.data.tags["distribute.replicas"] == "2"
+    assert run.data.metrics["train/skipped_steps"] == 0 and run.data.metrics["train/loss_scale"] >= 2.0**15
+    assert abs(run.data.metrics["eval/accuracy"] - one_device_run.data.metrics["eval/accuracy"]) <= ACCURACY_TOLERANCE
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["distribute=multi_worker"], "distribute=multi_worker needs the TF_CONFIG environment variable"),
+    (["distribute=mirrored", "train.jit_compile=true"], "train.jit_compile=true compiles whole calls"),
+    (["distribute=mirrored", "distribute.logical_cpus=2", "data.batch_size=127"],
+     "data.batch_size=127 does not split evenly across 2 replicas; use a multiple of 2"),
+])
+def test_bad_distribute_settings_fail_with_one_line(tmp_path, fashion_mnist_dir, overrides, message):
+    result = run_pipeline([
+        *overrides, "data=fashion_mnist", "data.source=idx", f"data.idx_dir={fashion_mnist_dir}",
+        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"tracking.artifact_root={tmp_path}/artifacts",
+    ], cwd=tmp_path)
+    assert result.returncode == 1
+    assert message in result.stdout + result.stderr
