@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 import tempfile
@@ -51,14 +52,16 @@ def fashion_mnist_dir() -> pathlib.Path:
     return FASHION_MNIST_DIR
 
 
-def run_pipeline(arguments: list[str], cwd: pathlib.Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Runs `python -m pipeline <arguments>` as a user would, from `cwd`."""
-    return run_module("pipeline", arguments, cwd, timeout)
+def run_pipeline(arguments: list[str], cwd: pathlib.Path, timeout: float = 600,
+                 environment: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Runs `python -m pipeline <arguments>` as a user would, from `cwd`, with `environment` added."""
+    return run_module("pipeline", arguments, cwd, timeout, environment)
 
 
-def run_module(module: str, arguments: list[str], cwd: pathlib.Path, timeout: float = 600):
-    """Runs `python -m <module> <arguments>` in a subprocess, from `cwd`."""
-    environment = os.environ | {"PYTHONPATH": str(REPO_ROOT), "HYDRA_FULL_ERROR": "1"}
+def run_module(module: str, arguments: list[str], cwd: pathlib.Path, timeout: float = 600,
+               environment: dict[str, str] | None = None):
+    """Runs `python -m <module> <arguments>` in a subprocess, from `cwd`, with `environment` added."""
+    environment = os.environ | {"PYTHONPATH": str(REPO_ROOT), "HYDRA_FULL_ERROR": "1"} | (environment or {})
     return subprocess.run(
         [sys.executable, "-m", module, *arguments],
         cwd=cwd,
@@ -67,3 +70,14 @@ def run_module(module: str, arguments: list[str], cwd: pathlib.Path, timeout: fl
         text=True,
         timeout=timeout,
     )
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports on 127.0.0.1 that were free a moment ago, for servers a test starts."""
+    sockets = [socket.socket() for _ in range(count)]
+    for open_socket in sockets:
+        open_socket.bind(("127.0.0.1", 0))
+    ports = [open_socket.getsockname()[1] for open_socket in sockets]
+    for open_socket in sockets:
+        open_socket.close()
+    return ports

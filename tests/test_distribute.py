@@ -2,13 +2,12 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import mlflow
 import pytest
-from conftest import REPO_ROOT, run_pipeline
+from conftest import REPO_ROOT, free_ports, run_pipeline
 from test_pipeline_e2e import QUICK_INFER
 
 ACCURACY_TOLERANCE = 0.005  # same global batch, seed and data order: only the all-reduce's summation order differs
@@ -55,16 +54,6 @@ def test_loss_scaling_skips_a_step_on_every_replica_when_one_overflows():
     assert overflow["scale"] == 2.0**14  # halved from 2**15
     first, second = finite["replicas"]
     assert first == second and first[0] < 1.0  # then a finite step applies on both, in step
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for open_socket in sockets:
-        open_socket.bind(("127.0.0.1", 0))
-    ports = [open_socket.getsockname()[1] for open_socket in sockets]
-    for open_socket in sockets:
-        open_socket.close()
-    return ports
 
 
 @pytest.fixture(scope="module")

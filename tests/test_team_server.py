@@ -1,0 +1,153 @@
+"""tracking=server: a sweep against a real `mlflow server` backed by a real PostgreSQL, checked over REST."""
+
+import glob
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+
+import mlflow
+import numpy as np
+import pytest
+from conftest import free_ports, run_pipeline
+from test_pipeline_e2e import QUICK_INFER
+
+from pipeline import data
+
+DATABASE_USER = "mlflow"
+
+
+def postgres_program(name: str) -> str:
+    """A PostgreSQL server program: on the PATH, else in Debian's versioned folder."""
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
+    if not found:
+        pytest.fail(f"PostgreSQL's {name} is missing: apt-get install -y postgresql (as .ci/run does)")
+    return found
+
+
+def as_postgres_user(command: list[str]) -> list[str]:
+    # PostgreSQL refuses to run as root; CI runs as root, a developer's machine usually not.
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="pipeline-postgres-"))  # not under pytest's root-only tmp
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres")
+    port = free_ports(1)[0]
+    subprocess.run(as_postgres_user([postgres_program("initdb"), "-D", str(folder / "data"), "-U", DATABASE_USER,
+                                     "--auth=trust", "-E", "UTF8"]), check=True, capture_output=True)
+    server = subprocess.Popen(as_postgres_user([postgres_program("postgres"), "-D", str(folder / "data"),
+                                                "-h", "127.0.0.1", "-p", str(port), "-k", str(folder)]),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        wait_for(lambda: subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", str(port)],
+                                        capture_output=True).returncode == 0, server, "PostgreSQL")
+        subprocess.run(["createdb", "-h", "127.0.0.1", "-p", str(port), "-U", DATABASE_USER, "mlflow"], check=True)
+        yield f"postgresql+psycopg://{DATABASE_USER}@127.0.0.1:{port}/mlflow", port
+    finally:
+        os.killpg(server.pid, signal.SIGINT)  # by its PID: PostgreSQL's fast shutdown
+        server.wait(timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tracking_server(postgres, tmp_path_factory):
+    database_uri, _ = postgres
+    artifacts = tmp_path_factory.mktemp("server-artifacts")
+    port = free_ports(1)[0]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", database_uri,
+         "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: get(url, "/health") is not None, server, "mlflow server")
+        yield url, artifacts
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # by its PID, with its workers
+        server.wait(timeout=60)
+
+
+def wait_for(is_up, process: subprocess.Popen, name: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{name} exited: {process.stderr.read().decode()[-2000:]}")
+        if is_up():
+            return
+        time.sleep(1)
+    raise AssertionError(f"{name} did not come up within {timeout} s")
+
+
+def get(url: str, path: str, **query):
+    try:
+        with urllib.request.urlopen(f"{url}{path}?{urllib.parse.urlencode(query)}", timeout=10) as response:
+            body = response.read()
+            return json.loads(body) if body.startswith(b"{") else body.decode()
+    except OSError:
+        return None
+
+
+def post(url: str, path: str, payload: dict) -> dict:
+    request = urllib.request.Request(f"{url}{path}", data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.e2e
+def test_team_sweep_lands_in_postgres_through_the_server(tracking_server, postgres, tmp_path, fashion_mnist_dir):
+    url, artifacts = tracking_server
+    result = run_pipeline(
+        ["-m", "tracking=server", "precision=float32,mixed_bfloat16", "data=fashion_mnist", "data.source=idx",
+         f"data.idx_dir={fashion_mnist_dir}", "train.max_steps=100", *QUICK_INFER],
+        cwd=tmp_path, environment={"MLFLOW_TRACKING_URI": url})  # tracking=server reads the team's URL from here
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "mlruns").exists()  # nothing tracked locally
+
+    experiment = get(url, "/api/2.0/mlflow/experiments/get-by-name", experiment_name="mixed-precision")["experiment"]
+    runs = post(url, "/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+    tags = {run["info"]["run_id"]: {tag["key"]: tag["value"] for tag in run["data"]["tags"]} for run in runs}
+    (parent_id,) = [run_id for run_id, run_tags in tags.items() if run_tags.get("sweep.role") == "parent"]
+    child_ids = [run_id for run_id, run_tags in tags.items() if run_tags.get("mlflow.parentRunId") == parent_id]
+    assert len(runs) == 3 and len(child_ids) == 2
+    assert {run["info"]["status"] for run in runs} == {"FINISHED"}
+    for child_id in child_ids:
+        history = get(url, "/api/2.0/mlflow/metrics/get-history", run_id=child_id, metric_key="train/loss")["metrics"]
+        assert [point["step"] for point in history] == list(range(10, 101, 10))
+        child = get(url, "/api/2.0/mlflow/runs/get", run_id=child_id)["run"]
+        assert {metric["key"] for metric in child["data"]["metrics"]} >= {"eval/accuracy", "infer/latency_ms_p50"}
+
+    models = post(url, "/api/2.0/mlflow/logged-models/search",
+                  {"experiment_ids": [experiment["experiment_id"]]})["models"]
+    assert sorted(model["info"]["source_run_id"] for model in models if model["info"]["name"] == "model") == sorted(
+        child_ids)
+    # Artifacts went through the server's proxy into its --artifacts-destination folder.
+    assert len(list(artifacts.rglob("MLmodel"))) >= 2
+    assert list(artifacts.rglob("report/report.md"))
+
+    versions = get(url, "/api/2.0/mlflow/model-versions/search", filter="name='mnist-classifier'")["model_versions"]
+    assert sorted(version["run_id"] for version in versions) == sorted(child_ids)
+    assert {version["status"] for version in versions} == {"READY"}
+    images = data.normalize(data.read_idx_split(fashion_mnist_dir, "test").images[:4]).numpy()
+    previous_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(url)
+    try:  # the registered model downloads through the server and predicts
+        predictions = np.asarray(mlflow.pyfunc.load_model("models:/mnist-classifier/1").predict(images))
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+    assert predictions.shape == (4, 10)
+
+    _, database_port = postgres
+    stored = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(database_port), "-U", DATABASE_USER, "-d", "mlflow",
+                             "-tAc", "select count(*) from runs"], capture_output=True, text=True, check=True)
+    assert stored.stdout.strip() == "3"  # the runs live in PostgreSQL
