@@ -47,6 +47,9 @@ class SweepTrackingCallback(Callback):
         report_dir = os.path.join(config.hydra.sweep.dir, "report")
         sweep_report = report.make_report(config.tracking, parent_run, report_dir)
         sweeps.log_report(config.tracking, self.parent_run_id, report_dir)
+        search_results = os.path.join(config.hydra.sweep.dir, "optimization_results.yaml")
+        if os.path.exists(search_results):  # written by the Optuna sweeper (hparams_search=...)
+            sweeps.log_search_result(config.tracking, self.parent_run_id, search_results)
         logger.info("sweep report (also in %s and on MLflow run %s):\n%s", report_dir, self.parent_run_id,
                     sweep_report.markdown)
         failed = sweep_report.failed_runs

@@ -18,7 +18,7 @@ import pipeline.config  # noqa: F401  registers the schemas conf/ names
 logger = logging.getLogger(__name__)
 
 COLUMNS = (
-    "run", "model", "policy", "batch_size", "eval_accuracy", "delta_accuracy_vs_float32",
+    "run", "model", "policy", "batch_size", "learning_rate", "eval_accuracy", "delta_accuracy_vs_float32",
     "train_examples_per_sec", "speedup_vs_float32", "step_time_ms", "peak_memory_mb",
     "infer_latency_ms_p50", "status",
 )
@@ -56,21 +56,27 @@ def make_report(tracking_config, parent_run, output_dir) -> Report:
         writer = csv.DictWriter(csv_file, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    loss_curves = {job.info.run_name: sweeps.metric_history(tracking_config, job.info.run_id, "train/loss")
-                   for job in jobs}
+    names = [job.info.run_name for job in jobs]
+    # A search's trials share a name (model-policy-batch); their learning rate tells them apart.
+    loss_curves = {
+        (job.info.run_name if names.count(job.info.run_name) == 1
+         else f"{job.info.run_name} lr={float(job.data.params.get('train.learning_rate', 0)):.3g}"):
+        sweeps.metric_history(tracking_config, job.info.run_id, "train/loss")
+        for job in jobs
+    }
     plots = plot(rows, loss_curves, output_dir)
     return Report(rows=rows, markdown=markdown, files=[output_dir / "report.md", output_dir / "report.csv", *plots])
 
 
 def compare_to_float32(rows: list[dict]) -> list[dict]:
-    """Adds accuracy difference and speedup against the float32 job of the same model and batch size."""
-    baselines = {(row["model"], row["batch_size"]): row for row in rows
+    """Adds accuracy difference and speedup against the float32 job of the same model, batch size and rate."""
+    baselines = {(row["model"], row["batch_size"], row["learning_rate"]): row for row in rows
                  if row["policy"] == "float32" and row["status"] == "FINISHED"}
     for row in rows:
-        baseline = baselines.get((row["model"], row["batch_size"]), {})
+        baseline = baselines.get((row["model"], row["batch_size"], row["learning_rate"]), {})
         row["delta_accuracy_vs_float32"] = _ratio_or_none(row, baseline, "eval_accuracy", lambda a, b: a - b)
         row["speedup_vs_float32"] = _ratio_or_none(row, baseline, "train_examples_per_sec", lambda a, b: a / b)
-    return sorted(rows, key=lambda row: (row["model"], row["batch_size"], row["policy"]))
+    return sorted(rows, key=lambda row: (row["model"], row["batch_size"], row["learning_rate"], row["policy"]))
 
 
 def _ratio_or_none(row: dict, baseline: dict, key: str, compare):
@@ -141,6 +147,7 @@ def _row(job) -> dict:
         "model": params.get("model.name", "?"),
         "policy": params.get("precision.policy", "?"),
         "batch_size": int(params.get("data.batch_size", 0)),
+        "learning_rate": float(params.get("train.learning_rate", 0)),
         "status": job.info.status,
     }
     row.update({column: metrics.get(name) for column, name in _METRICS.items()})
@@ -152,7 +159,7 @@ def _row(job) -> dict:
 _FORMATS = {
     "eval_accuracy": "{:.4f}", "delta_accuracy_vs_float32": "{:+.4f}", "train_examples_per_sec": "{:,.0f}",
     "speedup_vs_float32": "{:.2f}x", "step_time_ms": "{:.2f}", "peak_memory_mb": "{:,.0f}",
-    "infer_latency_ms_p50": "{:.3f}",
+    "infer_latency_ms_p50": "{:.3f}", "learning_rate": "{:.3g}",
 }
 
 

@@ -3,6 +3,7 @@
 import pathlib
 
 import mlflow
+from omegaconf import OmegaConf
 
 from pipeline import tracking
 
@@ -50,6 +51,21 @@ def sweep_jobs(tracking_config, parent_run) -> list:
 def log_report(tracking_config, parent_run_id: str, report_dir) -> None:
     """Logs a sweep's report files (tables, plots) on its parent run, under report/."""
     mlflow.MlflowClient(tracking_config.uri).log_artifacts(parent_run_id, str(report_dir), "report")
+
+
+def log_search_result(tracking_config, parent_run_id: str, results_file) -> None:
+    """Logs an Optuna search's outcome on its parent run: the best value and parameters, and the file.
+
+    The best parameters become `search.best.<key>` tags, so the UI's run table can show them.
+    """
+    results = OmegaConf.load(results_file)
+    client = mlflow.MlflowClient(tracking_config.uri)
+    client.log_artifact(parent_run_id, str(results_file), "search")
+    if "best_value" not in results:  # a multi-objective search lists a Pareto front instead
+        return
+    client.log_metric(parent_run_id, "search/best_value", float(results.best_value))
+    for key, value in results.best_params.items():
+        client.set_tag(parent_run_id, f"search.best.{key}", str(value))
 
 
 def end_sweep(tracking_config, parent_run_id: str, status: str) -> None:

@@ -20,7 +20,7 @@ FASHION_MNIST_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def compose(overrides: list[str], config_name: str = "config"):
+def compose(overrides: list[str], config_name: str = "config", return_hydra_config: bool = False):
     """The real config from conf/, as `python -m pipeline <overrides>` would see it.
 
     Outside a Hydra run there is no job output folder, so the keys that default into it point
@@ -32,7 +32,7 @@ def compose(overrides: list[str], config_name: str = "config"):
             if not any(override.startswith(f"{key}=") for override in overrides):
                 overrides = [*overrides, f"{key}={scratch}/{folder}"]
     with hydra.initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return hydra.compose(config_name=config_name, overrides=overrides)
+        return hydra.compose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)
 
 
 @pytest.fixture
