@@ -21,7 +21,7 @@ logger = logging.getLogger("pipeline")
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(config: DictConfig) -> float | None:
     hydra_config = HydraConfig.get()
-    sweep_id = callbacks.sweep_id_of(hydra_config.sweep.dir) if hydra_config.mode == RunMode.MULTIRUN else None
+    sweep_id = callbacks.sweep_id_of(hydra_config) if hydra_config.mode == RunMode.MULTIRUN else None
     try:
         return run_job(config, hydra_config.overrides.task, sweep_id)
     except Exception as error:

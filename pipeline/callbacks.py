@@ -10,9 +10,13 @@ from omegaconf import DictConfig
 logger = logging.getLogger("pipeline")
 
 
-def sweep_id_of(sweep_dir: str) -> str:
-    """A sweep's id: its absolute output folder, the same in the launcher and in every job."""
-    return os.path.abspath(sweep_dir)
+def sweep_id_of(hydra_config) -> str:
+    """A sweep's id: its absolute output folder, the same in the launcher and in every job.
+
+    Resolved against the launch folder (hydra.runtime.cwd, set where the sweep started), not the
+    process's folder: a launcher's worker processes (Ray's, submitit's) may start elsewhere.
+    """
+    return os.path.abspath(os.path.join(hydra_config.runtime.cwd, hydra_config.sweep.dir))
 
 
 class SweepTrackingCallback(Callback):
@@ -33,7 +37,7 @@ class SweepTrackingCallback(Callback):
         self.tracking_config = config.tracking
         sweep_overrides = list(config.hydra.overrides.task)
         try:
-            self.parent_run_id = sweeps.start_sweep(config.tracking, sweep_id_of(config.hydra.sweep.dir),
+            self.parent_run_id = sweeps.start_sweep(config.tracking, sweep_id_of(config.hydra),
                                                     sweep_overrides)
         except Exception as error:
             raise SystemExit(f"cannot start the sweep's MLflow run at {config.tracking.uri}: {error}") from error
@@ -43,7 +47,7 @@ class SweepTrackingCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from pipeline import report, sweeps
 
-        parent_run = sweeps.find_sweep(config.tracking, sweep_id_of(config.hydra.sweep.dir))
+        parent_run = sweeps.find_sweep(config.tracking, sweep_id_of(config.hydra))
         report_dir = os.path.join(config.hydra.sweep.dir, "report")
         sweep_report = report.make_report(config.tracking, parent_run, report_dir)
         sweeps.log_report(config.tracking, self.parent_run_id, report_dir)
