@@ -55,6 +55,8 @@ def run_job(config: DictConfig, overrides: list[str], sweep_id: str | None = Non
     from pipeline import distribute
 
     if not distribute.is_chief() and config.distribute.strategy == "multi_worker":
+        if config_error:
+            raise config_error  # the chief records the failed run; a worker logs nothing
         from pipeline import stages
 
         stages.train_as_worker(config)  # the chief alone logs, evaluates, exports and registers

@@ -5,16 +5,17 @@ are summed across replicas, so N replicas take the same optimizer steps as one d
 the same global batch (same learning rate, same seed, same data order).
 """
 
+import contextlib
 import json
 import os
 
-from pipeline import config as config_lib
+from pipeline import PipelineError
 
 _strategies = {}  # one strategy per process and setting: MultiWorkerMirroredStrategy can only be made once
 
 
-class DistributeError(config_lib.ConfigError):
-    """The strategy cannot be set up as configured (batch split, devices, cluster)."""
+class DistributeError(PipelineError):
+    """The strategy cannot be set up as configured (batch split, devices), or the cluster broke up."""
 
 
 def is_chief() -> bool:
@@ -92,3 +93,22 @@ def describe(strategy, distribute_config) -> dict[str, str]:
         "distribute.strategy": str(distribute_config.strategy),
         "distribute.replicas": str(strategy.num_replicas_in_sync),
     }
+
+
+@contextlib.contextmanager
+def reporting_lost_workers(distribute_config):
+    """Turns TensorFlow's error for a multi-worker peer that died into one line saying what to do.
+
+    The surviving workers' collective ops fail with UnavailableError once the coordination
+    service misses the dead one's heartbeats (here about 15 s), which ends the chief's run FAILED.
+    """
+    try:
+        yield
+    except Exception as error:
+        import tensorflow as tf
+
+        cause = error if isinstance(error, tf.errors.UnavailableError) else error.__cause__
+        if str(distribute_config.strategy) == "multi_worker" and isinstance(cause, tf.errors.UnavailableError):
+            raise DistributeError("another worker of the cluster stopped or cannot be reached (its own log says "
+                                  "why); start every worker's command again") from error
+        raise

@@ -105,13 +105,14 @@ def _train(config, strategy, checkpoint_dir: str, log_metric) -> tuple[data.Data
         # Process-wide and irreversible in TensorFlow: later jobs of a basic-launcher sweep stay deterministic.
         tf.config.experimental.enable_op_determinism()
     datasets = data.load_datasets(config.data)
-    untrained = model.build_model(config.model, policy, seed=config.train.seed, strategy=strategy)
-    with strategy.scope():
-        optimizer = train_steps.make_optimizer(policy, config.train.learning_rate)
-        checkpointer = checkpoints.Checkpointer(untrained, optimizer, checkpoint_dir,
-                                                config.train.checkpoint_every_steps)
-    start_step = checkpointer.restore_latest() if config.train.resume else 0
-    trained = train.train(untrained, datasets, config.train, policy, log_metric=log_metric, optimizer=optimizer,
-                          start_step=start_step, on_steps_done=checkpointer.save_if_due,
-                          strategy=None if config.distribute.strategy == "none" else strategy)
+    with distribute.reporting_lost_workers(config.distribute):
+        untrained = model.build_model(config.model, policy, seed=config.train.seed, strategy=strategy)
+        with strategy.scope():
+            optimizer = train_steps.make_optimizer(policy, config.train.learning_rate)
+            checkpointer = checkpoints.Checkpointer(untrained, optimizer, checkpoint_dir,
+                                                    config.train.checkpoint_every_steps)
+        start_step = checkpointer.restore_latest() if config.train.resume else 0
+        trained = train.train(untrained, datasets, config.train, policy, log_metric=log_metric,
+                              optimizer=optimizer, start_step=start_step, on_steps_done=checkpointer.save_if_due,
+                              strategy=None if config.distribute.strategy == "none" else strategy)
     return datasets, trained

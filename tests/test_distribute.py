@@ -80,28 +80,48 @@ def only_run(store, experiment: str):
     return run
 
 
-@pytest.mark.e2e
-def test_two_workers_match_one_device_and_only_the_chief_logs(training_arguments, one_device_run):
-    store, arguments = training_arguments
-    ports = free_ports(2)
+def run_workers(store, arguments: list[str], experiment: str, per_worker: list[list[str]]) -> list[tuple[int, str]]:
+    """Runs one `python -m pipeline distribute=multi_worker` process per entry of `per_worker` on
+    127.0.0.1 ports, as a cluster; returns each one's exit code and output."""
+    ports = free_ports(len(per_worker))
     workers = []
-    for index in range(2):
+    for index, extra_arguments in enumerate(per_worker):
         tf_config = {"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
                      "task": {"type": "worker", "index": index}}
         workers.append(subprocess.Popen(
-            [sys.executable, "-m", "pipeline", *arguments, "distribute=multi_worker", "tracking.experiment=two-workers",
-             f"hydra.run.dir={store}/worker{index}"],
+            [sys.executable, "-m", "pipeline", *arguments, "distribute=multi_worker",
+             f"tracking.experiment={experiment}", f"hydra.run.dir={store}/{experiment}-worker{index}",
+             *extra_arguments],
             cwd=store, env=os.environ | {"PYTHONPATH": str(REPO_ROOT), "TF_CONFIG": json.dumps(tf_config)},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [worker.communicate(timeout=600)[0] for worker in workers]
-    assert [worker.returncode for worker in workers] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
-    assert "worker done" in outputs[1]
+    return [(worker.returncode, output) for worker, output in zip(workers, outputs)]
+
+
+@pytest.mark.e2e
+def test_two_workers_match_one_device_and_only_the_chief_logs(training_arguments, one_device_run):
+    store, arguments = training_arguments
+    (chief_code, chief_output), (worker_code, worker_output) = run_workers(store, arguments, "two-workers", [[], []])
+    assert (chief_code, worker_code) == (0, 0), chief_output[-2000:] + worker_output[-2000:]
+    assert "worker done" in worker_output
     run = only_run(store, "two-workers")  # one run: the chief's
     assert run.info.status == "FINISHED"
     assert run.data.tags["distribute.strategy"] == "multi_worker" and run.data.tags["distribute.replicas"] == "2"
     assert run.data.metrics["train/steps"] == one_device_run.data.metrics["train/steps"] == 300
     assert abs(run.data.metrics["eval/accuracy"] - one_device_run.data.metrics["eval/accuracy"]) <= ACCURACY_TOLERANCE
     assert run.data.metrics["infer/agreement"] == 1.0  # the exported model is the trained one
+
+
+@pytest.mark.e2e
+def test_a_worker_that_dies_fails_the_chiefs_run_with_one_line(training_arguments, tmp_path):
+    store, arguments = training_arguments
+    (chief_code, chief_output), (worker_code, worker_output) = run_workers(
+        store, arguments, "lost-worker", [[], [f"data.idx_dir={tmp_path}/missing"]])
+    assert worker_code == 1 and f"data.idx_dir='{tmp_path}/missing' is not a folder" in worker_output
+    assert chief_code == 1 and "another worker of the cluster stopped or cannot be reached" in chief_output
+    run = only_run(store, "lost-worker")
+    assert run.info.status == "FAILED"  # not left RUNNING
+    assert "another worker of the cluster stopped" in run.data.tags["error"]
 
 
 @pytest.mark.e2e
