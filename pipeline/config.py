@@ -180,6 +180,9 @@ def _validate_distribute(config) -> None:
     if strategy == Strategy.multi_worker and not os.environ.get("TF_CONFIG"):
         raise ConfigError("distribute=multi_worker needs the TF_CONFIG environment variable describing the cluster "
                           "(see the README's multi-worker section); use distribute=none for one process")
+    if strategy == Strategy.multi_worker and config.train.resume:
+        raise ConfigError(f"train.resume={config.train.resume} is not supported with distribute=multi_worker "
+                          "(workers keep no checkpoints of their own); rerun the job from the start")
 
 
 def _require_positive(config, *keys: str) -> None:

@@ -7,8 +7,10 @@ import sys
 
 import mlflow
 import pytest
-from conftest import REPO_ROOT, free_ports, run_pipeline
+from conftest import REPO_ROOT, compose, free_ports, run_pipeline
 from test_pipeline_e2e import QUICK_INFER
+
+from pipeline import config
 
 ACCURACY_TOLERANCE = 0.005  # same global batch, seed and data order: only the all-reduce's summation order differs
 
@@ -149,3 +151,20 @@ def test_bad_distribute_settings_fail_with_one_line(tmp_path, fashion_mnist_dir,
     ], cwd=tmp_path)
     assert result.returncode == 1
     assert message in result.stdout + result.stderr
+
+
+def test_multi_worker_cannot_resume(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    with pytest.raises(config.ConfigError, match="train.resume=abc is not supported with distribute=multi_worker"):
+        config.validate(compose(["distribute=multi_worker", "train.resume=abc"]))
+
+
+def test_multi_worker_inside_a_sweep_is_a_failed_job(tmp_path, fashion_mnist_dir):
+    tf_config = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}}
+    result = run_pipeline([
+        "-m", "distribute=multi_worker", "data=fashion_mnist", "data.source=idx", f"data.idx_dir={fashion_mnist_dir}",
+        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"tracking.artifact_root={tmp_path}/artifacts",
+    ], cwd=tmp_path, environment={"TF_CONFIG": json.dumps(tf_config)})
+    assert result.returncode == 1
+    assert "distribute=multi_worker runs one job across the cluster's processes" in result.stdout + result.stderr
