@@ -174,7 +174,7 @@ def _validate_distribute(config) -> None:
     if str(config.train.jit_compile).lower() == "true":
         raise ConfigError(f"train.jit_compile=true compiles whole calls, which cannot hold distribute={strategy}'s "
                           "cross-replica gradient sum; use train.jit_compile=step or false")
-    logical_cpus = config.distribute.get("logical_cpus")
+    logical_cpus = config.distribute.logical_cpus
     if logical_cpus is not None and logical_cpus < 2:
         raise ConfigError(f"distribute.logical_cpus={logical_cpus} must be at least 2 (or null)")
     if strategy == Strategy.multi_worker and not os.environ.get("TF_CONFIG"):

@@ -100,7 +100,7 @@ def reporting_lost_workers(distribute_config):
     """Turns TensorFlow's error for a multi-worker peer that died into one line saying what to do.
 
     The surviving workers' collective ops fail with UnavailableError once the coordination
-    service misses the dead one's heartbeats (here about 15 s), which ends the chief's run FAILED.
+    service misses the dead one's heartbeats (here about 10 s), which ends the chief's run FAILED.
     """
     try:
         yield

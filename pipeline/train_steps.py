@@ -91,13 +91,8 @@ def make_train_steps(model: keras.Model, optimizer, split: data.Split, jit_compi
 
     @tf.function(jit_compile=jit_mode(jit_compile) == "true")
     def train_steps(batch_indices):
-        step_count = batch_indices.shape[0]
-        losses = tf.TensorArray(tf.float32, size=step_count)
-        for index in tf.range(step_count):
-            batch = tf.gather(batch_indices, index)
-            loss = train_step(data.normalize(tf.gather(images, batch)), tf.gather(labels, batch))
-            losses = losses.write(index, loss)
-        return losses.stack()
+        return _each_step(batch_indices, lambda batch: train_step(data.normalize(tf.gather(images, batch)),
+                                                                  tf.gather(labels, batch)))
 
     return train_steps
 
@@ -133,11 +128,16 @@ def make_distributed_train_steps(model: keras.Model, optimizer, split: data.Spli
 
     @tf.function
     def train_steps(batch_indices):
-        step_count = batch_indices.shape[0]
-        losses = tf.TensorArray(tf.float32, size=step_count)
-        for index in tf.range(step_count):
-            replica_losses = strategy.run(replica_step, args=(images, labels, tf.gather(batch_indices, index)))
-            losses = losses.write(index, strategy.reduce(tf.distribute.ReduceOp.SUM, replica_losses, axis=None))
-        return losses.stack()
+        return _each_step(batch_indices, lambda step_indices: strategy.reduce(
+            tf.distribute.ReduceOp.SUM, strategy.run(replica_step, args=(images, labels, step_indices)), axis=None))
 
     return train_steps
+
+
+def _each_step(batch_indices, run_step):
+    """Runs `run_step` on each row of `batch_indices` in a graph loop; returns the steps' losses."""
+    step_count = batch_indices.shape[0]
+    losses = tf.TensorArray(tf.float32, size=step_count)
+    for index in tf.range(step_count):
+        losses = losses.write(index, run_step(tf.gather(batch_indices, index)))
+    return losses.stack()
