@@ -25,37 +25,37 @@ sys.path.insert(0, str(REPO_ROOT))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 
-from pipeline import data, export, infer, model, precision, train  # noqa: E402
+from pipeline import config  # noqa: E402
+from pipeline.core import data, device, model, precision  # noqa: E402
+from pipeline.stages import export, infer, train  # noqa: E402
 
-POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+POLICIES = tuple(config.Policy)
 DTYPES = {"float32": tf.float32, "mixed_float16": tf.float16, "mixed_bfloat16": tf.bfloat16}
-MODELS = {
-    "mlp": {"_target_": "pipeline.model.build_mlp", "name": "mlp", "hidden_units": 128},
-    "cnn": {"_target_": "pipeline.model.build_cnn", "name": "cnn", "filters": [32, 64], "dense_units": 128},
-    "mlp_wide": {"_target_": "pipeline.model.build_mlp", "name": "mlp_wide", "hidden_units": 4096},
-}
+# The benchmark's models, as overrides of conf/ (the wide MLP is matmul-bound: the roofline check).
+MODELS = {"mlp": ["model=mlp"], "cnn": ["model=cnn"], "mlp_wide": ["model=mlp", "model.hidden_units=4096"]}
+SCRATCH = pathlib.Path(tempfile.mkdtemp(prefix="benchmark-"))
 
 
-def train_config(steps: int, jit_compile: bool, steps_per_call: int = 50):
-    return OmegaConf.create({
-        "epochs": 1000, "max_steps": steps, "learning_rate": 1e-3, "seed": 0, "jit_compile": jit_compile,
-        "steps_per_call": steps_per_call, "log_every_steps": 10, "checkpoint_every_steps": None,
-    })
+def compose(overrides: list[str]):
+    """conf/ as `python -m pipeline <overrides>` composes it, its output folders in a scratch folder."""
+    return config.compose([*overrides, f"export.dir={SCRATCH}/export", f"train.checkpoint_dir={SCRATCH}/checkpoints",
+                           f"tracking.uri=sqlite:///{SCRATCH}/mlflow.db", f"tracking.artifact_root={SCRATCH}/artifacts",
+                           "tracking.experiment=benchmark"])
 
 
-def pipeline_examples_per_sec(split, model_name, policy, batch_size, steps, jit_compile, log_metric=None):
+def train_pipeline(split, model_name, policy, batch_size, steps, jit_compile, log_metric=None) -> train.TrainResult:
     """The pipeline's loop; at least 8 calls, so the first (compiling) call is a small part left out."""
-    built = model.build_model(OmegaConf.create(MODELS[model_name]), policy, seed=0)
-    datasets = data.Datasets("bench", split, split, batch_size, None)
-    config = train_config(steps, jit_compile, steps_per_call=max(1, min(50, steps // 8)))
-    return train.train(built, datasets, config, policy, log_metric=log_metric)
+    composed = compose([*MODELS[model_name], f"train.max_steps={steps}", "train.epochs=1000",
+                        f"train.jit_compile={jit_compile}", f"train.steps_per_call={max(1, min(50, steps // 8))}"])
+    built = model.build_model(composed.model, policy, seed=0)
+    datasets = data.Datasets(split, split, batch_size, None)
+    return train.train(built, datasets, composed.train, policy, log_metric=log_metric)
 
 
 def fit_examples_per_sec(split, model_name, policy, batch_size, steps, jit_compile, steps_per_execution=1):
     """Plain Keras: compile + fit on a tf.data pipeline, timed between batch callbacks after warm-up."""
-    built = model.build_model(OmegaConf.create(MODELS[model_name]), policy, seed=0)
+    built = model.build_model(compose(MODELS[model_name]).model, policy, seed=0)
     # Under mixed_float16 Keras's compile wraps the optimizer in a LossScaleOptimizer itself.
     built.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit_compile,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -115,7 +115,7 @@ def section_training(split, quick) -> list[dict]:
         for policy in POLICIES:
             # Whole-call XLA ("true") only for the MLP: with convolutions it is several times slower.
             for jit_compile in ("false", "step", "true") if model_name == "mlp" else ("false", "step"):
-                ours = pipeline_examples_per_sec(split, model_name, policy, batch_size, count, jit_compile)
+                ours = train_pipeline(split, model_name, policy, batch_size, count, jit_compile)
                 peer = fit_examples_per_sec(split, model_name, policy, batch_size, count, jit_compile != "false")
                 rows.append({"model": model_name, "batch_size": batch_size, "policy": policy,
                              "jit_compile": jit_compile, "pipeline_examples_per_sec": ours.examples_per_sec,
@@ -133,7 +133,7 @@ def section_tuned_fit(split, quick) -> list[dict]:
         fits = {spe: fit_examples_per_sec(split, "mlp", "float32", batch_size, count, True, spe)
                 for spe in (1, 10, 50, 200)}
         best_spe = max(fits, key=fits.get)
-        ours = {jit: pipeline_examples_per_sec(split, "mlp", "float32", batch_size, count, jit).examples_per_sec
+        ours = {jit: train_pipeline(split, "mlp", "float32", batch_size, count, jit).examples_per_sec
                 for jit in ("false", "step", "true")}
         best_jit = max(ours, key=ours.get)
         rows.append({"model": "mlp", "batch_size": batch_size, "policy": "float32",
@@ -152,7 +152,7 @@ def section_roofline(split, quick) -> dict:
     for model_name, batch_size, steps in (("mlp", 256, 300), ("cnn", 256, 10 if quick else 20),
                                           ("mlp_wide", 1024, 10 if quick else 30)):
         for policy in POLICIES:
-            result = pipeline_examples_per_sec(split, model_name, policy, batch_size, steps, jit_compile="step")
+            result = train_pipeline(split, model_name, policy, batch_size, steps, jit_compile="step")
             flops = training_flops_per_example(result.model)
             achieved = result.examples_per_sec * flops / 1e9
             rows.append({"model": model_name, "batch_size": batch_size, "policy": policy,
@@ -164,11 +164,12 @@ def section_roofline(split, quick) -> dict:
 
 
 def section_inference(split, quick) -> list[dict]:
-    built = model.build_model(OmegaConf.create(MODELS["mlp"]), "float32", seed=0)
-    folder = tempfile.mkdtemp()
-    exported = export.export(built, OmegaConf.create({"dir": folder, "serving_policy": "same"}), None, "float32", 0)
     runs = 100 if quick else 300
-    infer_config = OmegaConf.create({"latency_runs": runs, "throughput_batch_size": 1024, "throughput_runs": 20})
+    composed = compose([*MODELS["mlp"], f"infer.latency_runs={runs}", "infer.throughput_batch_size=1024",
+                        "infer.throughput_runs=20"])
+    built = model.build_model(composed.model, "float32", seed=0)
+    exported = export.export(built, composed.export, composed.model, "float32", 0)
+    infer_config = composed.infer
     reference = built.predict(data.normalize(split.images[:10000]), verbose=0, batch_size=1024)
     stage = infer.infer(exported.saved_model_dir, data.Split(split.images[:10000], split.labels[:10000]),
                         reference, infer_config)
@@ -201,17 +202,14 @@ def section_tracking_overhead(split, quick) -> dict:
     """
     import mlflow
 
-    from pipeline import tracking
+    from pipeline.tracking import runs
 
-    folder = tempfile.mkdtemp()
-    tracking_config = OmegaConf.create({"uri": f"sqlite:///{folder}/mlflow.db", "artifact_root": f"{folder}/a",
-                                        "experiment": "bench", "registered_model": None})
     steps = 1000 if quick else 3000
     seconds = {"without": [], "with": []}
-    with tracking.start_run(tracking_config, "bench-tracking", {}):
+    with runs.start_run(compose([]).tracking, "bench-tracking", {}):
         for _ in range(3):
-            for label, sink in (("without", None), ("with", tracking.log_metric_history)):
-                result = pipeline_examples_per_sec(split, "mlp", "float32", 32, steps, "step", log_metric=sink)
+            for label, sink in (("without", None), ("with", runs.log_metric_history)):
+                result = train_pipeline(split, "mlp", "float32", 32, steps, "step", log_metric=sink)
                 seconds[label].append(result.steps * 32 / result.examples_per_sec)
     mlflow.set_tracking_uri(None)
     without, with_logging = float(np.median(seconds["without"])), float(np.median(seconds["with"]))
@@ -237,16 +235,14 @@ def section_http(split, quick) -> dict:
 
     import mlflow
 
-    from pipeline import tracking
+    from pipeline.tracking import models, runs
 
-    folder = tempfile.mkdtemp()
-    uri = f"sqlite:///{folder}/mlflow.db"
-    tracking_config = OmegaConf.create({"uri": uri, "artifact_root": f"{folder}/a", "experiment": "bench",
-                                        "registered_model": None})
-    built = model.build_model(OmegaConf.create(MODELS["mlp"]), "float32", seed=0)
-    exported = export.export(built, OmegaConf.create({"dir": folder, "serving_policy": "same"}), None, "float32", 0)
-    with tracking.start_run(tracking_config, "bench-http", {}):
-        model_uri = tracking.log_model(built, exported.saved_model_dir, data.normalize(split.images[:2]).numpy())
+    composed = compose(MODELS["mlp"])
+    uri = composed.tracking.uri
+    built = model.build_model(composed.model, "float32", seed=0)
+    exported = export.export(built, composed.export, composed.model, "float32", 0)
+    with runs.start_run(composed.tracking, "bench-http", {}):
+        model_uri = models.log_model(built, exported.saved_model_dir, data.normalize(split.images[:2]).numpy())
     mlflow.set_tracking_uri(None)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -331,9 +327,14 @@ def main() -> None:
     arguments = parser.parse_args()
     keras.config.disable_interactive_logging()
     split = data.read_idx_split(arguments.idx_dir, "train")
-    hardware = {policy: precision.hardware_support(policy, None, set(open("/proc/cpuinfo").read().split()))[1]
+    cpu_flags = device.read_cpu_flags()
+    hardware = {policy: precision.hardware_support(policy, device.gpu_compute_capability(), cpu_flags)[1]
                 for policy in POLICIES}
-    results = {"machine": {"cpus": os.cpu_count(), "tensorflow": tf.__version__, "hardware": hardware}}
+    reduced_precision_flags = sorted(cpu_flags & {flag for flags in precision.CPU_FLAGS.values() for flag in flags})
+    results = {"machine": {"cpus": os.cpu_count(), "tensorflow": tf.__version__, "hardware": hardware,
+                           "device": device.describe_device(), "reduced_precision_cpu_flags": reduced_precision_flags}}
+    print(f"machine: {results['machine']['device'].get('device.cpu')}, {os.cpu_count()} cores, "
+          f"reduced-precision CPU flags: {', '.join(reduced_precision_flags) or 'none'}", flush=True)
     for name in arguments.sections.split(","):
         print(f"\n== {name}", flush=True)
         results[name] = SECTIONS[name](split, arguments.quick)

@@ -12,25 +12,22 @@ wall time, the chief's train/examples_per_sec and eval/accuracy from MLflow.
 
 import argparse
 import json
-import os
 import pathlib
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
-import mlflow
-
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "benchmarks"), str(REPO_ROOT / "tests")]
+from helpers import Store, free_ports, python_environment  # noqa: E402  the tests' helpers: one home
 from tables import print_table  # noqa: E402
 
 
 def run(arguments: list[str], cwd: pathlib.Path, environment: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "pipeline", *arguments], cwd=cwd,
-                            env=os.environ | {"PYTHONPATH": str(REPO_ROOT)} | (environment or {}),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            env=python_environment(environment), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def wait_all(processes: list[subprocess.Popen]) -> None:
@@ -41,8 +38,8 @@ def wait_all(processes: list[subprocess.Popen]) -> None:
 
 
 def store_arguments(folder: pathlib.Path, idx_dir: str) -> list[str]:
-    return [f"tracking.uri=sqlite:///{folder}/mlflow.db", f"tracking.artifact_root={folder}/artifacts",
-            "tracking.registered_model=null", "data=fashion_mnist", "data.source=idx", f"data.idx_dir={idx_dir}"]
+    return [*Store(folder).overrides, "tracking.registered_model=null", "data=fashion_mnist", "data.source=idx",
+            f"data.idx_dir={idx_dir}"]
 
 
 def section_launchers(scratch: pathlib.Path, idx_dir: str, steps: int) -> list[dict]:
@@ -71,28 +68,16 @@ def section_workers(scratch: pathlib.Path, idx_dir: str, steps: int) -> list[dic
         if workers == 1:
             wait_all([run(arguments, folder)])
         else:
-            ports = _free_ports(workers)
+            ports = free_ports(workers)
             wait_all([run([*arguments, "distribute=multi_worker", f"hydra.run.dir={folder}/worker{index}"], folder, {
                 "TF_CONFIG": json.dumps({"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
                                          "task": {"type": "worker", "index": index}})}) for index in range(workers)])
         wall_seconds = time.perf_counter() - started
-        client = mlflow.MlflowClient(f"sqlite:///{folder}/mlflow.db")
-        (chief_run,) = client.search_runs([client.get_experiment_by_name("mixed-precision").experiment_id])
-        metrics = chief_run.data.metrics
+        metrics = Store(folder).only_run().data.metrics  # the chief's run
         rows.append({"workers": workers, "global_batch": 128, "steps": int(metrics["train/steps"]),
                      "wall_s": wall_seconds, "train_examples_per_sec": metrics["train/examples_per_sec"],
                      "step_time_ms": metrics["train/step_time_ms"], "eval_accuracy": metrics["eval/accuracy"]})
     return rows
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for open_socket in sockets:
-        open_socket.bind(("127.0.0.1", 0))
-    ports = [open_socket.getsockname()[1] for open_socket in sockets]
-    for open_socket in sockets:
-        open_socket.close()
-    return ports
 
 
 SECTIONS = {"launchers": section_launchers, "workers": section_workers}

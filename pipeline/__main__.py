@@ -1,8 +1,8 @@
 """`python -m pipeline`: train -> evaluate -> export -> infer for one Hydra job, tracked in MLflow.
 
-Kept short on purpose: the stages live in their own modules, where tests call them directly.
-TensorFlow is imported only once the config has passed its checks, so `--help` and config
-errors answer in about a second.
+Kept short on purpose: the stages live in pipeline/stages, where tests call them directly.
+TensorFlow and MLflow are imported only once the config has passed its checks, so `--help` and
+config errors answer in about a second.
 """
 
 import logging
@@ -12,72 +12,67 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from pipeline import PipelineError, callbacks
+from pipeline import commands
 from pipeline import config as config_lib
+from pipeline.core import distribute
 
 logger = logging.getLogger("pipeline")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@commands.reporting_errors
 def main(config: DictConfig) -> float | None:
+    """Runs one job; returns its eval accuracy (the objective of a hyperparameter search)."""
     hydra_config = HydraConfig.get()
-    sweep_id = callbacks.sweep_id_of(hydra_config) if hydra_config.mode == RunMode.MULTIRUN else None
-    try:
-        return run_job(config, hydra_config.overrides.task, sweep_id)
-    except Exception as error:
-        # In a sweep the job's run is already FAILED in MLflow; returning lets the other jobs run,
-        # and the sweep's report lists the failure (and the sweep exits non-zero).
-        if isinstance(error, PipelineError):
-            logger.error("%s", error)  # the message says what to fix; a traceback would bury it
-        elif sweep_id:
-            logger.exception("job failed")
-        else:
-            raise
-        if sweep_id:
-            return None
-        raise SystemExit(1) from None
+    sweep_id = None
+    if hydra_config.mode == RunMode.MULTIRUN:
+        from pipeline.tracking import callbacks
+
+        sweep_id = callbacks.sweep_id_of(hydra_config)
+    return run_job(config, list(hydra_config.overrides.task), sweep_id)
 
 
 def run_job(config: DictConfig, overrides: list[str], sweep_id: str | None = None) -> float | None:
-    """Runs the configured stages for one job inside one MLflow run; returns the eval accuracy."""
-    policy = str(config.precision.policy)
-    run_name = f"{config.model.name}-{policy}-bs{config.data.batch_size}"
-    config_error = None
+    """Validates the config, then runs the configured stages inside one MLflow run.
+
+    A job of a sweep whose config is wrong still leaves a FAILED run, so the sweep's report shows it.
+    A multi-worker job's non-chief workers train their part and log nothing: the chief records the job.
+    """
+    run_name = f"{config.model.name}-{config.precision.policy}-bs{config.data.batch_size}"
+    chief = distribute.is_chief(config.distribute)
     try:
-        config_lib.validate(config)  # before MLflow and TensorFlow are even imported
-        if sweep_id and config.distribute.strategy == "multi_worker":
-            raise config_lib.ConfigError("distribute=multi_worker runs one job across the cluster's processes; "
-                                         "start it without -m (one command per worker)")
+        config_lib.validate(config, in_sweep=sweep_id is not None)  # before MLflow and TensorFlow are imported
     except config_lib.ConfigError as error:
-        if not sweep_id:
-            raise
-        config_error = error
-    from pipeline import distribute
+        if sweep_id and chief:
+            from pipeline.tracking import runs
 
-    if not distribute.is_chief() and config.distribute.strategy == "multi_worker":
-        if config_error:
-            raise config_error  # the chief records the failed run; a worker logs nothing
-        from pipeline import stages
+            runs.record_failed_run(config, run_name, _tags(config, sweep_id), error)
+        raise
+    from pipeline.stages import run
 
-        stages.train_as_worker(config)  # the chief alone logs, evaluates, exports and registers
+    if not chief:
+        run.train_as_worker(config)
         logger.info("%s: worker done; the chief's MLflow run has the results", run_name)
         return None
-    from pipeline import sweeps, tracking
+    from pipeline.tracking import runs
 
-    tags = {"precision.policy": policy} | (sweeps.sweep_tags(config.tracking, sweep_id) if sweep_id else {})
-    if config_error:  # a failed run for the sweep's report, rather than a silently missing job
-        tracking.record_failed_run(config, run_name, tags, config_error)
-        raise config_error
-    tags["checkpoint.dir"] = str(config.train.checkpoint_dir)
-    with tracking.start_run(config.tracking, run_name, tags, resume_run_id=config.train.resume) as run:
+    tags = _tags(config, sweep_id) | {"checkpoint.dir": str(config.train.checkpoint_dir)}
+    with runs.start_run(config.tracking, run_name, tags, resume_run_id=config.train.resume) as mlflow_run:
         if not config.train.resume:
-            tracking.log_config(config, overrides)
-        from pipeline import stages
-
-        checkpoint_dir = run.data.tags["checkpoint.dir"]  # a resumed run keeps its first job's folder
-        result = stages.run_stages(config, run.info.run_id, sweep_id, checkpoint_dir)
+            runs.log_config(config, overrides)
+        checkpoint_dir = mlflow_run.data.tags["checkpoint.dir"]  # a resumed run keeps its first job's folder
+        result = run.run_stages(config, mlflow_run.info.run_id, sweep_id, checkpoint_dir)
     logger.info("%s: %s", run_name, result.summary())
     return result.accuracy
+
+
+def _tags(config: DictConfig, sweep_id: str | None) -> dict[str, str]:
+    tags = {"precision.policy": str(config.precision.policy)}
+    if sweep_id:
+        from pipeline.tracking import sweeps
+
+        tags |= sweeps.sweep_tags(config.tracking, sweep_id)
+    return tags
 
 
 if __name__ == "__main__":

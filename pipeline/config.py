@@ -1,19 +1,25 @@
-"""Typed config schemas (registered with Hydra's ConfigStore) and the checks types cannot express.
+"""Typed config schemas (registered with Hydra's ConfigStore), their allowed values, and the checks
+types cannot express.
 
-Each YAML group file names its schema in its defaults list, so Hydra rejects a wrong type or an
-unknown enum value while composing; `validate` then checks ranges and combinations. Both run
-before TensorFlow is imported, so a bad config fails in about a second.
+The home of every list of choices: the precision policies, compilation modes, data sources,
+strategies and stages are written here once; the YAML files under conf/ hold the defaults and
+name their schema in their defaults list, so Hydra rejects a wrong type or an unknown value while
+composing. `validate` then checks ranges and combinations. Both run before TensorFlow is
+imported, so a bad config fails in about a second.
 """
 
 import dataclasses
 import enum
 import os
+import pathlib
 
+import hydra
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig
 
 from pipeline import PipelineError
 
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "conf"
 # Examples in each split, for checking batch sizes before any data is read.
 SPLIT_SIZES = {"mnist": {"train": 60000, "test": 10000}, "fashion_mnist": {"train": 60000, "test": 10000}}
 STAGES = ("train", "evaluate", "export", "infer")
@@ -25,11 +31,16 @@ class Policy(enum.StrEnum):
     mixed_bfloat16 = "mixed_bfloat16"
 
 
-class ServingPolicy(enum.StrEnum):
-    same = "same"
-    float32 = "float32"
-    mixed_float16 = "mixed_float16"
-    mixed_bfloat16 = "mixed_bfloat16"
+# `same` (the training policy) or any policy.
+ServingPolicy = enum.StrEnum("ServingPolicy", ["same", *Policy])
+
+
+class JitCompile(enum.StrEnum):
+    """What XLA compiles: nothing, each optimizer step, or each whole multi-step call."""
+
+    false = "false"
+    step = "step"
+    true = "true"
 
 
 class DataSource(enum.StrEnum):
@@ -53,6 +64,7 @@ class ConfigError(PipelineError):
     """A config value is out of range or conflicts with another."""
 
 
+# Defaults live in the YAML files under conf/ (each key commented there), not here.
 @dataclasses.dataclass
 class PrecisionConfig:
     policy: Policy = MISSING
@@ -61,58 +73,59 @@ class PrecisionConfig:
 @dataclasses.dataclass
 class DataConfig:
     name: str = MISSING
-    source: DataSource = DataSource.tfds
-    tfds_data_dir: str | None = None
-    idx_dir: str | None = None
-    batch_size: int = 128
+    source: DataSource = MISSING
+    tfds_data_dir: str | None = MISSING
+    idx_dir: str | None = MISSING
+    batch_size: int = MISSING
 
 
 @dataclasses.dataclass
 class MlpConfig:
-    _target_: str = "pipeline.model.build_mlp"
-    name: str = "mlp"
-    hidden_units: int = 128
+    _target_: str = MISSING
+    name: str = MISSING
+    hidden_units: int = MISSING
 
 
 @dataclasses.dataclass
 class CnnConfig:
-    _target_: str = "pipeline.model.build_cnn"
-    name: str = "cnn"
-    filters: list[int] = dataclasses.field(default_factory=lambda: [32, 64])
-    dense_units: int = 128
+    _target_: str = MISSING
+    name: str = MISSING
+    filters: list[int] = MISSING
+    dense_units: int = MISSING
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    epochs: int = 1
-    max_steps: int | None = None
-    learning_rate: float = 0.001
-    seed: int = 0
-    jit_compile: str = "step"
-    steps_per_call: int = 50
-    log_every_steps: int = 10
-    deterministic: bool = False
-    checkpoint_every_steps: int | None = None
+    epochs: int = MISSING
+    max_steps: int | None = MISSING
+    learning_rate: float = MISSING
+    seed: int = MISSING
+    # A string, not JitCompile: Hydra parses `train.jit_compile=false` as a boolean. jit_mode() reads it.
+    jit_compile: str = MISSING
+    steps_per_call: int = MISSING
+    log_every_steps: int = MISSING
+    deterministic: bool = MISSING
+    checkpoint_every_steps: int | None = MISSING
     checkpoint_dir: str = MISSING
-    resume: str | None = None
+    resume: str | None = MISSING
 
 
 @dataclasses.dataclass
 class ExportConfig:
     dir: str = MISSING
-    serving_policy: ServingPolicy = ServingPolicy.same
+    serving_policy: ServingPolicy = MISSING
 
 
 @dataclasses.dataclass
 class InferConfig:
-    latency_runs: int = 200
-    throughput_batch_size: int = 1024
-    throughput_runs: int = 20
+    latency_runs: int = MISSING
+    throughput_batch_size: int = MISSING
+    throughput_runs: int = MISSING
 
 
 @dataclasses.dataclass
 class DistributeConfig:
-    strategy: Strategy = Strategy.none
+    strategy: Strategy = MISSING
     devices: list[str] | None = None
     logical_cpus: int | None = None
     communication: Communication = Communication.auto
@@ -121,9 +134,9 @@ class DistributeConfig:
 @dataclasses.dataclass
 class TrackingConfig:
     uri: str = MISSING
-    artifact_root: str | None = None
+    artifact_root: str | None = MISSING
     experiment: str = MISSING
-    registered_model: str | None = None
+    registered_model: str | None = MISSING
 
 
 def register_schemas() -> None:
@@ -142,45 +155,77 @@ def register_schemas() -> None:
         store.store(group=group, name=name, node=node)
 
 
-def validate(config) -> None:
-    """Checks ranges and combinations of the composed config; raises ConfigError naming the key."""
+def compose(overrides: list[str], config_name: str = "config", return_hydra_config: bool = False) -> DictConfig:
+    """The config from conf/ that `python -m pipeline <overrides>` (or another command) would get.
+
+    Outside a Hydra run there is no job output folder: keys that default into it
+    (export.dir, train.checkpoint_dir, a report's output_dir) must be set by the overrides.
+    """
+    with hydra.initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return hydra.compose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)
+
+
+def jit_mode(jit_compile) -> JitCompile:
+    """train.jit_compile as a JitCompile; Hydra hands `false` and `true` over as booleans.
+
+    Raises:
+        ConfigError: not a mode.
+    """
+    try:
+        return JitCompile(str(jit_compile).lower())
+    except ValueError:
+        raise ConfigError(f"train.jit_compile={jit_compile!r} is not a mode; use "
+                          f"{', '.join(JitCompile)}") from None
+
+
+def validate(config, in_sweep: bool = False) -> None:
+    """Checks ranges and combinations of the composed config; raises ConfigError naming the key.
+
+    Args:
+        config: the composed config of `python -m pipeline`.
+        in_sweep: the job is one of a -m sweep's (where some settings cannot run).
+    """
     _require_positive(config, "data.batch_size", "train.epochs", "train.learning_rate", "train.steps_per_call",
                       "train.log_every_steps", "infer.latency_runs", "infer.throughput_batch_size",
                       "infer.throughput_runs")
     for optional_key in ("max_steps", "checkpoint_every_steps"):
         if config.train[optional_key] is not None:
             _require_positive(config, f"train.{optional_key}")
-    train_size = SPLIT_SIZES.get(config.data.name, {}).get("train")
-    if train_size and config.data.batch_size > train_size:
+    if config.data.name not in SPLIT_SIZES:
+        raise ConfigError(f"data.name={config.data.name!r} is not a dataset; use one of {', '.join(SPLIT_SIZES)}")
+    train_size = SPLIT_SIZES[config.data.name]["train"]
+    if config.data.batch_size > train_size:
         raise ConfigError(f"data.batch_size={config.data.batch_size} exceeds the {train_size} training examples "
                           f"of {config.data.name}; use at most {train_size}")
     if config.data.source == DataSource.idx and not config.data.idx_dir:
         raise ConfigError("data.source=idx needs data.idx_dir=<folder with the 4 IDX files>")
-    if str(config.train.jit_compile).lower() not in ("false", "step", "true"):
-        raise ConfigError(f"train.jit_compile={config.train.jit_compile!r} is not a mode; use false, step or true")
+    jit_mode(config.train.jit_compile)
     stages = list(config.stages)
     if not stages or stages != list(STAGES[: len(stages)]):
         raise ConfigError(f"stages={stages} is not a run of stages; use a prefix of [{', '.join(STAGES)}] "
                           "(each stage needs the ones before it)")
-    _validate_distribute(config)
-    if config.data.name not in SPLIT_SIZES:
-        raise ConfigError(f"data.name={config.data.name!r} is not a dataset; use one of {', '.join(SPLIT_SIZES)}")
+    _validate_distribute(config, in_sweep)
 
 
-def _validate_distribute(config) -> None:
+def _validate_distribute(config, in_sweep: bool) -> None:
     strategy = config.distribute.strategy
     if strategy == Strategy.none:
         return
-    if str(config.train.jit_compile).lower() == "true":
+    if jit_mode(config.train.jit_compile) == JitCompile.true:
         raise ConfigError(f"train.jit_compile=true compiles whole calls, which cannot hold distribute={strategy}'s "
                           "cross-replica gradient sum; use train.jit_compile=step or false")
     logical_cpus = config.distribute.logical_cpus
     if logical_cpus is not None and logical_cpus < 2:
         raise ConfigError(f"distribute.logical_cpus={logical_cpus} must be at least 2 (or null)")
-    if strategy == Strategy.multi_worker and not os.environ.get("TF_CONFIG"):
+    if strategy != Strategy.multi_worker:
+        return
+    if in_sweep:
+        raise ConfigError("distribute=multi_worker runs one job across the cluster's processes; "
+                          "start it without -m (one command per worker)")
+    if not os.environ.get("TF_CONFIG"):
         raise ConfigError("distribute=multi_worker needs the TF_CONFIG environment variable describing the cluster "
                           "(see the README's multi-worker section); use distribute=none for one process")
-    if strategy == Strategy.multi_worker and config.train.resume:
+    if config.train.resume:
         raise ConfigError(f"train.resume={config.train.resume} is not supported with distribute=multi_worker "
                           "(workers keep no checkpoints of their own); rerun the job from the start")
 

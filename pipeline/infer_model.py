@@ -5,27 +5,26 @@ the exported SavedModel logged with the model's run is what is measured, the log
 is the reference for parity.
 """
 
-import logging
-
 import hydra
 from omegaconf import DictConfig
 
 import pipeline.config  # noqa: F401  registers the schemas conf/ names
-
-logger = logging.getLogger("pipeline")
+from pipeline import commands
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="infer_model")
+@commands.reporting_errors
 def main(config: DictConfig) -> float:
-    from pipeline import data, evaluate, infer, tracking
+    from pipeline.core import data
+    from pipeline.stages import evaluate, infer
+    from pipeline.tracking import models, runs
 
     datasets = data.load_datasets(config.data)
-    tags = {"source.model_uri": config.model_uri}
-    with tracking.start_run(config.tracking, f"infer {config.model_uri}", tags):
-        reference_model, saved_model_dir = tracking.load_logged_model(config.model_uri)
+    with runs.start_run(config.tracking, f"infer {config.model_uri}", {"source.model_uri": config.model_uri}):
+        reference_model, saved_model_dir = models.load_logged_model(config.model_uri)
         evaluated = evaluate.evaluate(reference_model, datasets)
         inferred = infer.infer(saved_model_dir, datasets.test, evaluated.logits, config.infer)
-        tracking.log_metrics(evaluated.metrics() | inferred.metrics())
+        runs.log_metrics(evaluated.metrics() | inferred.metrics())
     for name, value in (evaluated.metrics() | inferred.metrics()).items():
         print(f"{name:24s} {value:.6g}")
     return inferred.accuracy

@@ -8,9 +8,8 @@ import time
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import compose
 
-from pipeline import data
+from pipeline.core import data
 
 
 def write_idx_split(folder, split="train", count=5, rows=28, label_values=None, gzipped=True,
@@ -79,10 +78,8 @@ def test_missing_folder_and_file(tmp_path):
         data.read_idx_split(tmp_path, "test")
 
 
-def test_real_fashion_mnist(fashion_mnist_dir):
-    config = compose(
-        ["data=fashion_mnist", "data.source=idx", f"data.idx_dir={fashion_mnist_dir}", "data.batch_size=32"]
-    )
+def test_real_fashion_mnist(compose, real_data):
+    config = compose([*real_data, "data.batch_size=32"])
     datasets = data.load_datasets(config.data)
     assert datasets.train.images.shape == (60000, 28, 28, 1)
     assert datasets.test.images.shape == (10000, 28, 28, 1)
@@ -93,7 +90,7 @@ def test_real_fashion_mnist(fashion_mnist_dir):
     assert labels.dtype.name == "int64"
 
 
-def test_tfds_path_under_mock_data(tmp_path):
+def test_tfds_path_under_mock_data(compose, tmp_path):
     config = compose(["data=mnist", "data.source=tfds", f"data.tfds_data_dir={tmp_path}", "data.batch_size=8"])
     with tfds.testing.mock_data(num_examples=16):
         datasets = data.load_datasets(config.data)
@@ -112,7 +109,7 @@ def _online(host="storage.googleapis.com") -> bool:
 
 
 @pytest.mark.skipif(_online(), reason="checks the offline failure; this machine can download MNIST")
-def test_tfds_offline_fails_fast_with_instructions(tmp_path):
+def test_tfds_offline_fails_fast_with_instructions(compose, tmp_path):
     config = compose(["data=mnist", f"data.tfds_data_dir={tmp_path}"])
     started = time.monotonic()
     with pytest.raises(data.DataError) as error:
@@ -123,7 +120,7 @@ def test_tfds_offline_fails_fast_with_instructions(tmp_path):
     assert "train-images-idx3-ubyte.gz" in message and "data.source=idx" in message
 
 
-def test_batch_larger_than_split_is_rejected(tmp_path):
+def test_batch_larger_than_split_is_rejected(compose, tmp_path):
     write_idx_split(tmp_path, count=5)
     write_idx_split(tmp_path, split="test", count=5)
     config = compose(["data.source=idx", f"data.idx_dir={tmp_path}", "data.batch_size=6"])

@@ -1,14 +1,11 @@
 """tf.distribute training on CPU: 2 logical devices for MirroredStrategy, 2 local processes for multi-worker."""
 
 import json
-import os
 import subprocess
 import sys
 
-import mlflow
 import pytest
-from conftest import REPO_ROOT, compose, free_ports, run_pipeline
-from test_pipeline_e2e import QUICK_INFER
+from helpers import QUICK_INFER, REPO_ROOT, Store, free_ports, python_environment, run_pipeline
 
 from pipeline import config
 
@@ -22,10 +19,10 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 keras.mixed_precision.set_global_policy("mixed_float16")
-from pipeline import train_steps
+from pipeline.stages import steps
 with strategy.scope():
     variable = keras.Variable(np.ones(3, np.float32))
-    optimizer = train_steps.make_optimizer("mixed_float16", 0.1)
+    optimizer = steps.make_optimizer("mixed_float16", 0.1)
     optimizer.build([variable])
 
 @tf.function
@@ -45,10 +42,11 @@ print(json.dumps(results))
 """
 
 
+@pytest.mark.e2e
 def test_loss_scaling_skips_a_step_on_every_replica_when_one_overflows():
     # Stock Keras acts on replica 0's verdict alone and would write -inf into every weight here.
     result = subprocess.run([sys.executable, "-c", LOSS_SCALE_SCRIPT], cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=300, env=os.environ | {"PYTHONPATH": str(REPO_ROOT)})
+                            timeout=300, env=python_environment())
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads(result.stdout.strip().splitlines()[-1])
     overflow, finite = results["overflow_on_replica_1"], results["finite"]
@@ -59,30 +57,23 @@ def test_loss_scaling_skips_a_step_on_every_replica_when_one_overflows():
 
 
 @pytest.fixture(scope="module")
-def training_arguments(tmp_path_factory, fashion_mnist_dir):
-    store = tmp_path_factory.mktemp("distribute")
-    return store, [
-        "data=fashion_mnist", "data.source=idx", f"data.idx_dir={fashion_mnist_dir}", "data.batch_size=128",
-        "train.max_steps=300", f"tracking.uri=sqlite:///{store}/mlflow.db", f"tracking.artifact_root={store}/artifacts",
-        "tracking.registered_model=null", *QUICK_INFER,
-    ]
+def training_arguments(tmp_path_factory, real_data) -> tuple[Store, list[str]]:
+    """One store for the module's runs (an experiment each) and the job they all run."""
+    store = Store(tmp_path_factory.mktemp("distribute"))
+    return store, [*real_data, "data.batch_size=128", "train.max_steps=300", *store.overrides,
+                   "tracking.registered_model=null", *QUICK_INFER]
 
 
 @pytest.fixture(scope="module")
 def one_device_run(training_arguments):
     store, arguments = training_arguments
-    result = run_pipeline([*arguments, "tracking.experiment=one-device"], cwd=store)
+    result = run_pipeline([*arguments, "tracking.experiment=one-device"], cwd=store.folder)
     assert result.returncode == 0, result.stderr[-3000:]
-    return only_run(store, "one-device")
+    return store.only_run("one-device")
 
 
-def only_run(store, experiment: str):
-    client = mlflow.MlflowClient(f"sqlite:///{store}/mlflow.db")
-    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-    return run
-
-
-def run_workers(store, arguments: list[str], experiment: str, per_worker: list[list[str]]) -> list[tuple[int, str]]:
+def run_workers(store: Store, arguments: list[str], experiment: str,
+                per_worker: list[list[str]]) -> list[tuple[int, str]]:
     """Runs one `python -m pipeline distribute=multi_worker` process per entry of `per_worker` on
     127.0.0.1 ports, as a cluster; returns each one's exit code and output."""
     ports = free_ports(len(per_worker))
@@ -92,21 +83,22 @@ def run_workers(store, arguments: list[str], experiment: str, per_worker: list[l
                      "task": {"type": "worker", "index": index}}
         workers.append(subprocess.Popen(
             [sys.executable, "-m", "pipeline", *arguments, "distribute=multi_worker",
-             f"tracking.experiment={experiment}", f"hydra.run.dir={store}/{experiment}-worker{index}",
+             f"tracking.experiment={experiment}", f"hydra.run.dir={store.folder}/{experiment}-worker{index}",
              *extra_arguments],
-            cwd=store, env=os.environ | {"PYTHONPATH": str(REPO_ROOT), "TF_CONFIG": json.dumps(tf_config)},
+            cwd=store.folder, env=python_environment({"TF_CONFIG": json.dumps(tf_config)}),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [worker.communicate(timeout=600)[0] for worker in workers]
     return [(worker.returncode, output) for worker, output in zip(workers, outputs)]
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_two_workers_match_one_device_and_only_the_chief_logs(training_arguments, one_device_run):
     store, arguments = training_arguments
     (chief_code, chief_output), (worker_code, worker_output) = run_workers(store, arguments, "two-workers", [[], []])
     assert (chief_code, worker_code) == (0, 0), chief_output[-2000:] + worker_output[-2000:]
     assert "worker done" in worker_output
-    run = only_run(store, "two-workers")  # one run: the chief's
+    run = store.only_run("two-workers")  # one run: the chief's
     assert run.info.status == "FINISHED"
     assert run.data.tags["distribute.strategy"] == "multi_worker" and run.data.tags["distribute.replicas"] == "2"
     assert run.data.metrics["train/steps"] == one_device_run.data.metrics["train/steps"] == 300
@@ -115,56 +107,55 @@ def test_two_workers_match_one_device_and_only_the_chief_logs(training_arguments
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_a_worker_that_dies_fails_the_chiefs_run_with_one_line(training_arguments, tmp_path):
     store, arguments = training_arguments
     (chief_code, chief_output), (worker_code, worker_output) = run_workers(
         store, arguments, "lost-worker", [[], [f"data.idx_dir={tmp_path}/missing"]])
     assert worker_code == 1 and f"data.idx_dir='{tmp_path}/missing' is not a folder" in worker_output
     assert chief_code == 1 and "another worker of the cluster stopped or cannot be reached" in chief_output
-    run = only_run(store, "lost-worker")
+    run = store.only_run("lost-worker")
     assert run.info.status == "FAILED"  # not left RUNNING
     assert "another worker of the cluster stopped" in run.data.tags["error"]
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_mirrored_float16_on_two_cpu_devices_reaches_the_one_device_accuracy(training_arguments, one_device_run):
     store, arguments = training_arguments
     result = run_pipeline([*arguments, "distribute=mirrored", "distribute.logical_cpus=2", "precision=mixed_float16",
-                           "tracking.experiment=mirrored"], cwd=store)
+                           "tracking.experiment=mirrored"], cwd=store.folder)
     assert result.returncode == 0, result.stderr[-3000:]
-    run = only_run(store, "mirrored")
+    run = store.only_run("mirrored")
     assert run.data.tags["distribute.replicas"] == "2"
     assert run.data.metrics["train/skipped_steps"] == 0 and run.data.metrics["train/loss_scale"] >= 2.0**15
     assert abs(run.data.metrics["eval/accuracy"] - one_device_run.data.metrics["eval/accuracy"]) <= ACCURACY_TOLERANCE
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("overrides,message", [
     (["distribute=multi_worker"], "distribute=multi_worker needs the TF_CONFIG environment variable"),
     (["distribute=mirrored", "train.jit_compile=true"], "train.jit_compile=true compiles whole calls"),
     (["distribute=mirrored", "distribute.logical_cpus=2", "data.batch_size=127"],
      "data.batch_size=127 does not split evenly across 2 replicas; use a multiple of 2"),
 ])
-def test_bad_distribute_settings_fail_with_one_line(tmp_path, fashion_mnist_dir, overrides, message):
-    result = run_pipeline([
-        *overrides, "data=fashion_mnist", "data.source=idx", f"data.idx_dir={fashion_mnist_dir}",
-        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"tracking.artifact_root={tmp_path}/artifacts",
-    ], cwd=tmp_path)
+def test_bad_distribute_settings_fail_with_one_line(tmp_path, store, real_data, overrides, message):
+    result = run_pipeline([*overrides, *real_data, *store.overrides], cwd=tmp_path)
     assert result.returncode == 1
     assert message in result.stdout + result.stderr
 
 
-def test_multi_worker_cannot_resume(monkeypatch):
+def test_multi_worker_cannot_resume(compose, monkeypatch):
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
                                                 "task": {"type": "worker", "index": 0}}))
     with pytest.raises(config.ConfigError, match="train.resume=abc is not supported with distribute=multi_worker"):
         config.validate(compose(["distribute=multi_worker", "train.resume=abc"]))
 
 
-def test_multi_worker_inside_a_sweep_is_a_failed_job(tmp_path, fashion_mnist_dir):
+@pytest.mark.e2e
+def test_multi_worker_inside_a_sweep_is_a_failed_job(tmp_path, store, real_data):
     tf_config = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}}
-    result = run_pipeline([
-        "-m", "distribute=multi_worker", "data=fashion_mnist", "data.source=idx", f"data.idx_dir={fashion_mnist_dir}",
-        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"tracking.artifact_root={tmp_path}/artifacts",
-    ], cwd=tmp_path, environment={"TF_CONFIG": json.dumps(tf_config)})
+    result = run_pipeline(["-m", "distribute=multi_worker", *real_data, *store.overrides], cwd=tmp_path,
+                          environment={"TF_CONFIG": json.dumps(tf_config)})
     assert result.returncode == 1
     assert "distribute=multi_worker runs one job across the cluster's processes" in result.stdout + result.stderr

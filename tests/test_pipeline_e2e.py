@@ -4,42 +4,24 @@ import mlflow
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import run_pipeline
+from helpers import CONTRACT_METRICS, FASHION_MNIST_DIR, FLOAT16_METRICS, MODEL_NAME, QUICK_INFER, run_pipeline
 
-from pipeline import data
+from pipeline.core import data
 
-# The metric names the MLflow UI comparison relies on.
-CONTRACT_METRICS = {
-    "train/loss", "train/step_time_ms", "train/step_time_ms_p90", "train/examples_per_sec",
-    "train/peak_memory_mb", "eval/loss", "eval/accuracy", "infer/latency_ms_p50", "infer/latency_ms_p99",
-    "infer/examples_per_sec", "infer/agreement", "infer/max_abs_diff",
-}
-FLOAT16_METRICS = {"train/loss_scale", "train/skipped_steps"}
-QUICK_INFER = ["infer.latency_runs=20", "infer.throughput_runs=3"]
+pytestmark = pytest.mark.e2e
 
 
-def finished_runs(tmp_path, experiment="mixed-precision"):
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    return client, client.search_runs([experiment_id])
-
-
-@pytest.mark.e2e
-def test_all_four_stages_on_real_fashion_mnist(tmp_path, fashion_mnist_dir):
-    result = run_pipeline(
-        ["data=fashion_mnist", "data.source=idx", f"data.idx_dir={fashion_mnist_dir}", "train.max_steps=300",
-         f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"tracking.artifact_root={tmp_path}/artifacts",
-         f"export.dir={tmp_path}/export", *QUICK_INFER],
-        cwd=tmp_path,
-    )
+def test_all_four_stages_on_real_fashion_mnist(tmp_path, store, real_data):
+    result = run_pipeline([*real_data, "train.max_steps=300", *store.overrides, f"export.dir={tmp_path}/export",
+                           *QUICK_INFER], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    client, (run,) = finished_runs(tmp_path)
+    run = store.only_run()
     assert run.info.status == "FINISHED" and run.info.run_name == "mlp-float32-bs128"
     metrics, params, tags = run.data.metrics, run.data.params, run.data.tags
     assert CONTRACT_METRICS <= metrics.keys() and not FLOAT16_METRICS & metrics.keys()
     assert metrics["eval/accuracy"] > 0.7  # chance is 0.1; 300 steps of an MLP reach ~0.8
     assert metrics["infer/agreement"] >= 0.999 and metrics["infer/max_abs_diff"] < 1e-3
-    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 30  # every 10 of 300 steps
+    assert len(store.client().get_metric_history(run.info.run_id, "train/loss")) == 30  # every 10 of 300 steps
     assert params["precision.policy"] == "float32" and params["data.name"] == "fashion_mnist"
     assert params["train.max_steps"] == "300" and params["data.batch_size"] == "128"
     assert tags["precision.hardware_supported"] == "true" and tags["train.peak_memory_source"] in ("gpu", "host_rss")
@@ -47,29 +29,25 @@ def test_all_four_stages_on_real_fashion_mnist(tmp_path, fashion_mnist_dir):
     assert "mlflow.parentRunId" not in tags and "sweep.id" not in tags  # a single run stays a plain run
 
     # The model in the registry is this run's, and predicts what the exported SavedModel predicts.
-    (version,) = client.search_model_versions("name='mnist-classifier'")
+    (version,) = store.versions()
     assert version.run_id == run.info.run_id
-    images = data.normalize(data.read_idx_split(fashion_mnist_dir, "test").images[:64]).numpy()
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")  # models:/ URIs resolve through it
-    registered = mlflow.pyfunc.load_model(f"models:/mnist-classifier/{version.version}")
+    test_split = data.read_idx_split(FASHION_MNIST_DIR, "test")
+    images = data.normalize(test_split.images[:64]).numpy()
+    mlflow.set_tracking_uri(store.uri)  # models:/ URIs resolve through it
+    registered = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version.version}")
     served = tf.saved_model.load(str(tmp_path / "export" / "saved_model"))
     registered_logits = np.asarray(registered.predict(images))
     np.testing.assert_allclose(registered_logits, served.serve(images).numpy(), atol=1e-4)
-    assert (registered_logits.argmax(axis=1) == data.read_idx_split(fashion_mnist_dir, "test").labels[:64]).mean() > 0.6
+    assert (registered_logits.argmax(axis=1) == test_split.labels[:64]).mean() > 0.6
 
 
-@pytest.mark.e2e
-def test_two_by_two_sweep_gives_four_finished_runs(tmp_path, fashion_mnist_dir):
-    result = run_pipeline(
-        ["-m", "precision=float32,mixed_float16", "data.batch_size=64,128", "data=fashion_mnist", "data.source=idx",
-         f"data.idx_dir={fashion_mnist_dir}", "train.max_steps=30", "tracking.registered_model=null",
-         f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"tracking.artifact_root={tmp_path}/artifacts",
-         *QUICK_INFER],
-        cwd=tmp_path,
-    )
+@pytest.mark.slow
+def test_two_by_two_sweep_gives_four_finished_runs(tmp_path, store, real_data):
+    result = run_pipeline(["-m", "precision=float32,mixed_float16", "data.batch_size=64,128", *real_data,
+                           "train.max_steps=30", "tracking.registered_model=null", *store.overrides, *QUICK_INFER],
+                          cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    _, runs = finished_runs(tmp_path)
-    runs = [run for run in runs if run.data.tags.get("sweep.role") != "parent"]
+    _, runs = store.sweep()
     assert sorted((run.data.params["precision.policy"], run.data.params["data.batch_size"]) for run in runs) == [
         ("float32", "128"), ("float32", "64"), ("mixed_float16", "128"), ("mixed_float16", "64")]
     for run in runs:
@@ -81,35 +59,25 @@ def test_two_by_two_sweep_gives_four_finished_runs(tmp_path, fashion_mnist_dir):
     assert len(list((tmp_path / "multirun").rglob("saved_model.pb"))) == 4  # one export per job
 
 
-@pytest.mark.e2e
-def test_a_failing_job_does_not_stop_the_sweep(tmp_path, fashion_mnist_dir):
-    result = run_pipeline(
-        ["-m", f"data.idx_dir={tmp_path}/missing,{fashion_mnist_dir}", "data=fashion_mnist", "data.source=idx",
-         "train.max_steps=20", "tracking.registered_model=null", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
-         f"tracking.artifact_root={tmp_path}/artifacts", *QUICK_INFER],
-        cwd=tmp_path,
-    )
+def test_a_failing_job_does_not_stop_the_sweep(tmp_path, store):
+    result = run_pipeline(["-m", "data=fashion_mnist", "data.source=idx",
+                           f"data.idx_dir={tmp_path}/missing,{FASHION_MNIST_DIR}", "train.max_steps=20",
+                           "tracking.registered_model=null", *store.overrides, *QUICK_INFER],
+                          cwd=tmp_path)
     assert result.returncode != 0  # the sweep says it is not a clean one...
     assert "1 of 2 jobs failed" in result.stderr
     assert f"data.idx_dir='{tmp_path}/missing' is not a folder" in result.stdout + result.stderr
-    _, runs = finished_runs(tmp_path)
-    statuses = sorted((run.data.tags.get("sweep.role", "job"), run.info.status) for run in runs)
+    statuses = sorted((run.data.tags.get("sweep.role", "job"), run.info.status) for run in store.runs())
     # ...yet the other job finished, and the parent run records the failure.
     assert statuses == [("job", "FAILED"), ("job", "FINISHED"), ("parent", "FAILED")]
     report = next((tmp_path / "multirun").rglob("report.md")).read_text()
     assert "| FAILED |" in report and "| FINISHED |" in report
 
 
-@pytest.mark.e2e
-def test_a_bad_config_in_a_sweep_shows_as_a_failed_run(tmp_path, fashion_mnist_dir):
-    result = run_pipeline(
-        ["-m", "data.batch_size=0,64", "data=fashion_mnist", "data.source=idx", f"data.idx_dir={fashion_mnist_dir}",
-         "train.max_steps=5", "stages=[train]", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
-         f"tracking.artifact_root={tmp_path}/artifacts"],
-        cwd=tmp_path,
-    )
+def test_a_bad_config_in_a_sweep_shows_as_a_failed_run(tmp_path, store, real_data):
+    result = run_pipeline(["-m", "data.batch_size=0,64", *real_data, "train.max_steps=5", "stages=[train]",
+                           *store.overrides], cwd=tmp_path)
     assert result.returncode != 0 and "1 of 2 jobs failed: mlp-float32-bs0" in result.stderr
-    _, runs = finished_runs(tmp_path)
-    (failed,) = [run for run in runs if run.info.status == "FAILED" and "sweep.role" not in run.data.tags]
+    (failed,) = [run for run in store.runs() if run.info.status == "FAILED" and "sweep.role" not in run.data.tags]
     assert failed.data.tags["error"] == "ConfigError: data.batch_size=0 must be positive"
     assert failed.data.params["data.batch_size"] == "0" and "mlflow.parentRunId" in failed.data.tags

@@ -3,16 +3,16 @@
 import keras
 import numpy as np
 import pytest
-from conftest import compose
 
-from pipeline import model, precision
+from pipeline.config import Policy
+from pipeline.core import model, precision
 
 COMPUTE_DTYPES = {"float32": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
 
 
 @pytest.mark.parametrize("model_name", ["mlp", "cnn"])
-@pytest.mark.parametrize("policy", precision.POLICIES)
-def test_output_is_float32_under_every_policy(policy, model_name):
+@pytest.mark.parametrize("policy", list(Policy))
+def test_output_is_float32_under_every_policy(compose, policy, model_name):
     built = model.build_model(compose([f"model={model_name}"]).model, policy, seed=0)
     logits = built(np.zeros((2, 28, 28, 1), np.float32))
     assert logits.dtype == "float32"
@@ -23,7 +23,7 @@ def test_output_is_float32_under_every_policy(policy, model_name):
     assert {weight.dtype for weight in built.weights} == {"float32"}
 
 
-def test_policy_does_not_leak_between_jobs_in_one_process():
+def test_policy_does_not_leak_between_jobs_in_one_process(compose):
     """float32 -> mixed_bfloat16 -> float32, as Hydra's basic launcher runs a sweep."""
     model_config = compose(["model=mlp"]).model
     for policy in ("float32", "mixed_bfloat16", "float32", "mixed_float16", "float32"):

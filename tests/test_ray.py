@@ -13,12 +13,11 @@ import tempfile
 import time
 
 import pytest
-from conftest import free_ports, run_pipeline
-from test_parallel import assert_one_parent_with_children, sweep_arguments
+from helpers import assert_one_parent_with_children, free_ports, run_pipeline, sweep_arguments
 
 pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="the ray extra is installed in its own environment")
 
-pytestmark = [pytest.mark.ray, pytest.mark.e2e]
+pytestmark = [pytest.mark.ray, pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture
@@ -45,13 +44,12 @@ def ray_head(tmp_path):
         shutil.rmtree(session_dir, ignore_errors=True)
 
 
-def test_ray_sweep_gives_one_parent_with_a_child_per_job(tmp_path, ray_head, fashion_mnist_dir):
+def test_ray_sweep_gives_one_parent_with_a_child_per_job(tmp_path, store, ray_head, real_data):
     result = run_pipeline(
-        ["-m", "hydra/launcher=ray_cluster", "precision=float32,mixed_bfloat16",
-         *sweep_arguments(tmp_path, fashion_mnist_dir)],
+        ["-m", "hydra/launcher=ray_cluster", "precision=float32,mixed_bfloat16", *sweep_arguments(store, real_data)],
         cwd=tmp_path, environment={"RAY_ADDRESS": ray_head})
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "Ray Launcher is launching 2 jobs" in output and "Connected to Ray cluster" in output
     assert "(_run_job pid=" in output  # the jobs ran in Ray's worker processes
-    assert_one_parent_with_children(tmp_path, 2)
+    assert_one_parent_with_children(store, 2)

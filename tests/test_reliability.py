@@ -1,18 +1,16 @@
 """Bad input gets a clear one-line error and a non-zero exit; nothing is left RUNNING."""
 
-import os
 import subprocess
 import sys
 import time
 
 import hydra.errors
-import mlflow
 import omegaconf.errors
 import pytest
-from conftest import REPO_ROOT, compose, run_pipeline
+from helpers import python_environment, run_pipeline
 
 from pipeline import config as config_lib
-from pipeline import tracking
+from pipeline.tracking import store as store_lib
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -28,9 +26,9 @@ from pipeline import tracking
     (["stages=[evaluate]"], "stages=['evaluate'] is not a run of stages"),
     (["stages=[train,deploy]"], "stages=['train', 'deploy'] is not a run of stages"),
     (["data.name=cifar10"], "data.name='cifar10' is not a dataset"),
-    (["train.jit_compile=always"], "train.jit_compile='always' is not a mode; use false, step or true"),
+    (["train.jit_compile=always"], "train.jit_compile='always' is not a mode; use false, step, true"),
 ])
-def test_out_of_range_or_conflicting_values_are_named(overrides, message):
+def test_out_of_range_or_conflicting_values_are_named(compose, overrides, message):
     with pytest.raises(config_lib.ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         config_lib.validate(compose(overrides))
 
@@ -44,17 +42,18 @@ def test_out_of_range_or_conflicting_values_are_named(overrides, message):
     ("precision=float8", "Could not find 'precision/float8'"),
     ("model=resnet", "Could not find 'model/resnet'"),
 ])
-def test_wrong_types_and_names_fail_at_composition(override, message):
+def test_wrong_types_and_names_fail_at_composition(compose, override, message):
     with pytest.raises((hydra.errors.HydraException, omegaconf.errors.OmegaConfBaseException)) as error:
         compose([override])
     assert message in f"{error.value} {error.value.__cause__}"
 
 
-def test_every_shipped_config_passes_validation():
+def test_every_shipped_config_passes_validation(compose):
     for overrides in ([], ["data=fashion_mnist", "data.source=idx"], ["model=cnn", "precision=mixed_float16"]):
         config_lib.validate(compose(overrides))
 
 
+@pytest.mark.e2e
 def test_bad_config_exits_with_one_line_before_tensorflow_is_imported(tmp_path):
     script = (
         "import runpy, sys\n"
@@ -64,43 +63,39 @@ def test_bad_config_exits_with_one_line_before_tensorflow_is_imported(tmp_path):
         "    print('exit', exit.code, 'tensorflow' in sys.modules, 'mlflow' in sys.modules)\n"
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
-                            env=os.environ | {"PYTHONPATH": str(REPO_ROOT)}, timeout=120)
+                            env=python_environment(), timeout=120)
     assert "exit 1 False False" in result.stdout, result.stderr
     errors = [line for line in (result.stdout + result.stderr).splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "data.batch_size=0 must be positive" in errors[0]
     assert not (tmp_path / "never").exists()
 
 
-def test_unreachable_tracking_server_fails_fast_before_training(tmp_path):
+@pytest.mark.e2e
+def test_unreachable_tracking_server_fails_fast_before_training(tmp_path, real_data):
     started = time.monotonic()
-    result = run_pipeline(["tracking.uri=http://127.0.0.1:9", "data=fashion_mnist", "data.source=idx"], cwd=tmp_path)
+    result = run_pipeline(["tracking.uri=http://127.0.0.1:9", *real_data], cwd=tmp_path)
     assert time.monotonic() - started < 30  # MLflow's own retries would take minutes
     assert result.returncode == 1
     assert "tracking.uri=http://127.0.0.1:9 is unreachable" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
 
 
-def test_unwritable_store_path_is_a_clear_error(tmp_path):
+def test_unwritable_store_path_is_a_clear_error(compose, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     config = compose([f"tracking.uri=sqlite:///{blocker}/store/mlflow.db"])
-    with pytest.raises(tracking.TrackingError, match=f"cannot create {blocker}/store"):
-        tracking.prepare_store(config.tracking)
+    with pytest.raises(store_lib.TrackingError, match=f"cannot create {blocker}/store"):
+        store_lib.prepare(config.tracking)
 
 
 @pytest.mark.e2e
-def test_diverging_run_fails_with_reason_and_registers_nothing(tmp_path, fashion_mnist_dir):
-    result = run_pipeline(
-        ["data=fashion_mnist", "data.source=idx", f"data.idx_dir={fashion_mnist_dir}", "train.learning_rate=1e30",
-         "train.max_steps=200", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
-         f"tracking.artifact_root={tmp_path}/artifacts"],
-        cwd=tmp_path,
-    )
+def test_diverging_run_fails_with_reason_and_registers_nothing(tmp_path, store, real_data):
+    result = run_pipeline([*real_data, "train.learning_rate=1e30", "train.max_steps=200", *store.overrides],
+                          cwd=tmp_path)
     assert result.returncode == 1
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    (run,) = client.search_runs([client.get_experiment_by_name("mixed-precision").experiment_id])
+    run = store.only_run()
     assert run.info.status == "FAILED"
     error = run.data.tags["error"]
     assert error.startswith("TrainingDivergedError: loss is ")
     assert int(error.split(" at step ")[1].split(";")[0]) <= 20  # stopped within a few steps
-    assert client.search_model_versions("name='mnist-classifier'") == []
+    assert store.versions() == []

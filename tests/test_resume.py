@@ -1,37 +1,35 @@
 """Checkpoints, resume after a kill, and bit-for-bit determinism."""
 
-import os
 import signal
 import subprocess
 import sys
 import time
 
-import mlflow
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, compose, run_pipeline
-from test_train import tiny_datasets
+from helpers import QUICK_INFER, python_environment, run_pipeline, tiny_datasets
 
-from pipeline import checkpoints, model, train, train_steps
+from pipeline.core import model
+from pipeline.stages import checkpoints, steps, train
 
 
-def run_to(step_cap: int, checkpoint_dir, resume: bool, policy="mixed_float16"):
+def run_to(compose, step_cap: int, checkpoint_dir, resume: bool, policy="mixed_float16"):
     """Trains (or resumes) the same job up to `step_cap` steps, checkpointing every 4."""
     config = compose(["train.epochs=3", f"train.max_steps={step_cap}", "train.steps_per_call=3",
                       "train.checkpoint_every_steps=4", f"train.checkpoint_dir={checkpoint_dir}"])
     built = model.build_model(config.model, policy, seed=0)
-    optimizer = train_steps.make_optimizer(policy, config.train.learning_rate)
+    optimizer = steps.make_optimizer(policy, config.train.learning_rate)
     checkpointer = checkpoints.Checkpointer(built, optimizer, str(checkpoint_dir), 4)
     start_step = checkpointer.restore_latest() if resume else 0
     return train.train(built, tiny_datasets(), config.train, policy, optimizer=optimizer,
                        start_step=start_step, on_steps_done=checkpointer.save_if_due), start_step
 
 
-def test_resumed_training_matches_uninterrupted_training(tmp_path):
+def test_resumed_training_matches_uninterrupted_training(compose, tmp_path):
     """20 steps straight vs 12 steps, a fresh process state restored from step 12, then 8 more."""
-    straight, _ = run_to(20, tmp_path / "straight", resume=False)
-    run_to(14, tmp_path / "interrupted", resume=False)  # killed after step 14; last checkpoint at 12
-    resumed, start_step = run_to(20, tmp_path / "interrupted", resume=True)
+    straight, _ = run_to(compose, 20, tmp_path / "straight", resume=False)
+    run_to(compose, 14, tmp_path / "interrupted", resume=False)  # killed after step 14; last checkpoint at 12
+    resumed, start_step = run_to(compose, 20, tmp_path / "interrupted", resume=True)
     assert start_step == 12 and resumed.steps == 20
     for expected, actual in zip(straight.model.weights, resumed.model.weights):
         np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
@@ -40,15 +38,15 @@ def test_resumed_training_matches_uninterrupted_training(tmp_path):
     assert int(resumed.optimizer.iterations.numpy()) == int(straight.optimizer.iterations.numpy())
 
 
-def test_restore_without_checkpoint_says_where_it_looked(tmp_path):
+def test_restore_without_checkpoint_says_where_it_looked(compose, tmp_path):
     config = compose([])
     built = model.build_model(config.model, "float32", seed=0)
-    checkpointer = checkpoints.Checkpointer(built, train_steps.make_optimizer("float32", 0.001), str(tmp_path), 4)
+    checkpointer = checkpoints.Checkpointer(built, steps.make_optimizer("float32", 0.001), str(tmp_path), 4)
     with pytest.raises(FileNotFoundError, match=f"no checkpoint in {tmp_path}"):
         checkpointer.restore_latest()
 
 
-def test_deterministic_training_is_bit_for_bit(tmp_path):
+def test_deterministic_training_is_bit_for_bit(compose):
     losses = []
     for _ in range(2):
         config = compose(["train.epochs=2", "train.deterministic=true"])
@@ -59,14 +57,12 @@ def test_deterministic_training_is_bit_for_bit(tmp_path):
 
 
 @pytest.mark.e2e
-def test_sigterm_mid_training_then_resume_finishes_the_same_run(tmp_path, fashion_mnist_dir):
-    store = f"sqlite:///{tmp_path}/mlflow.db"
-    arguments = ["data=fashion_mnist", "data.source=idx", f"data.idx_dir={fashion_mnist_dir}", "model=cnn",
-                 "train.max_steps=400", "train.steps_per_call=5", "train.checkpoint_every_steps=20",
-                 "tracking.registered_model=null", f"tracking.uri={store}", f"tracking.artifact_root={tmp_path}/a",
-                 "infer.latency_runs=10", "infer.throughput_runs=2", f"hydra.run.dir={tmp_path}/run"]
-    job = subprocess.Popen([sys.executable, "-m", "pipeline", *arguments], cwd=tmp_path,
-                           env=os.environ | {"PYTHONPATH": str(REPO_ROOT)},
+@pytest.mark.slow
+def test_sigterm_mid_training_then_resume_finishes_the_same_run(tmp_path, store, real_data):
+    arguments = [*real_data, "model=cnn", "train.max_steps=400", "train.steps_per_call=5",
+                 "train.checkpoint_every_steps=20", "tracking.registered_model=null", *store.overrides, *QUICK_INFER,
+                 f"hydra.run.dir={tmp_path}/run"]
+    job = subprocess.Popen([sys.executable, "-m", "pipeline", *arguments], cwd=tmp_path, env=python_environment(),
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint_index = tmp_path / "run" / "checkpoints" / "checkpoint"
     deadline = time.monotonic() + 180
@@ -76,15 +72,14 @@ def test_sigterm_mid_training_then_resume_finishes_the_same_run(tmp_path, fashio
     job.send_signal(signal.SIGTERM)
     assert job.wait(timeout=60) != 0
 
-    client = mlflow.MlflowClient(store)
-    (killed,) = client.search_runs([client.get_experiment_by_name("mixed-precision").experiment_id])
+    killed = store.only_run()
     assert killed.info.status == "KILLED"
-    points_before = client.get_metric_history(killed.info.run_id, "train/loss")
+    points_before = store.client().get_metric_history(killed.info.run_id, "train/loss")
     assert points_before and max(point.step for point in points_before) < 400  # metrics so far are kept
 
     result = run_pipeline([*arguments, f"train.resume={killed.info.run_id}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    (resumed,) = client.search_runs([client.get_experiment_by_name("mixed-precision").experiment_id])
+    resumed = store.only_run()
     assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
     assert resumed.data.metrics["train/steps"] == 400
     assert resumed.data.metrics["eval/accuracy"] > 0.6

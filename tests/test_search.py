@@ -1,12 +1,10 @@
 """hparams_search=lr_batch_size: Hydra's Optuna sweeper, each trial a child run of the search's parent run."""
 
-import mlflow
 import pytest
-from conftest import compose, run_pipeline
-from test_pipeline_e2e import QUICK_INFER
+from helpers import QUICK_INFER, run_pipeline
 
 
-def test_search_config_sets_up_optuna_per_policy():
+def test_search_config_sets_up_optuna_per_policy(compose):
     config = compose(["hparams_search=lr_batch_size", "precision=mixed_bfloat16"], return_hydra_config=True)
     sweeper = config.hydra.sweeper
     assert sweeper._target_ == "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
@@ -15,22 +13,18 @@ def test_search_config_sets_up_optuna_per_policy():
 
 
 @pytest.mark.e2e
-def test_three_trial_search_logs_child_runs_and_the_best_trial(tmp_path, fashion_mnist_dir):
+@pytest.mark.slow
+def test_three_trial_search_logs_child_runs_and_the_best_trial(tmp_path, store, real_data):
     result = run_pipeline(
-        ["-m", "hparams_search=lr_batch_size", "hydra.sweeper.n_trials=3", "precision=mixed_bfloat16",
-         "data=fashion_mnist", "data.source=idx", f"data.idx_dir={fashion_mnist_dir}", "train.max_steps=60",
-         f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"tracking.artifact_root={tmp_path}/artifacts",
-         "tracking.registered_model=null", *QUICK_INFER],
+        ["-m", "hparams_search=lr_batch_size", "hydra.sweeper.n_trials=3", "precision=mixed_bfloat16", *real_data,
+         "train.max_steps=60", *store.overrides, "tracking.registered_model=null", *QUICK_INFER],
         cwd=tmp_path,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "Study name: lr-batch-size-mixed_bfloat16" in output
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("mixed-precision").experiment_id])
-    (parent,) = [run for run in runs if run.data.tags.get("sweep.role") == "parent"]
-    trials = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(runs) == 4 and len(trials) == 3 and parent.info.status == "FINISHED"
+    parent, trials = store.sweep()
+    assert len(store.runs()) == 4 and len(trials) == 3 and parent.info.status == "FINISHED"
     assert {trial.info.status for trial in trials} == {"FINISHED"}
     assert {trial.data.params["precision.policy"] for trial in trials} == {"mixed_bfloat16"}
     learning_rates = {float(trial.data.params["train.learning_rate"]) for trial in trials}
@@ -41,5 +35,5 @@ def test_three_trial_search_logs_child_runs_and_the_best_trial(tmp_path, fashion
     assert parent.data.metrics["search/best_value"] == best.data.metrics["eval/accuracy"]
     assert float(parent.data.tags["search.best.train.learning_rate"]) == float(
         best.data.params["train.learning_rate"])
-    assert [artifact.path for artifact in client.list_artifacts(parent.info.run_id, "search")] == [
+    assert [artifact.path for artifact in store.client().list_artifacts(parent.info.run_id, "search")] == [
         "search/optimization_results.yaml"]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from mlflow.exceptions import MlflowException
 
-from pipeline import serving
+from pipeline.tracking import serving
 
 
 def test_good_images_pass_and_gain_a_channel_axis():

@@ -3,18 +3,18 @@
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import compose
+from helpers import tiny_datasets
 
-from pipeline import data, evaluate, export, infer, model, train
+from pipeline.core import data, model
+from pipeline.stages import evaluate, export, infer, train
+
+QUICK_INFER = ["infer.latency_runs=5", "infer.throughput_runs=2"]
 
 
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
-def test_stages_chain_on_tfds_mock_data(tmp_path, policy):
-    config = compose([
-        "data=mnist", "data.source=tfds", f"data.tfds_data_dir={tmp_path}", "data.batch_size=16",
-        "train.max_steps=4", f"train.checkpoint_dir={tmp_path}/checkpoints", f"export.dir={tmp_path}/export",
-        "infer.latency_runs=5", "infer.throughput_runs=2", "infer.throughput_batch_size=32",
-    ])
+def test_stages_chain_on_tfds_mock_data(compose, tmp_path, policy):
+    config = compose(["data=mnist", "data.source=tfds", f"data.tfds_data_dir={tmp_path}", "data.batch_size=16",
+                      "train.max_steps=4", "infer.throughput_batch_size=32", *QUICK_INFER])
     with tfds.testing.mock_data(num_examples=64):
         datasets = data.load_datasets(config.data)
     trained = train.train(model.build_model(config.model, policy, seed=0), datasets, config.train, policy)
@@ -31,15 +31,11 @@ def test_stages_chain_on_tfds_mock_data(tmp_path, policy):
     assert 0 < inferred.latency_ms_p50 <= inferred.latency_ms_p99 and inferred.examples_per_sec > 0
 
 
-def test_export_in_another_serving_policy(tmp_path):
+def test_export_in_another_serving_policy(compose):
     """Trained in float32, served in bfloat16: same definition, trained weights, parity checked."""
-    config = compose([
-        "model=mlp", "train.max_steps=20", f"export.dir={tmp_path}", "export.serving_policy=mixed_bfloat16",
-        "infer.latency_runs=5", "infer.throughput_runs=2", "infer.throughput_batch_size=64",
-    ])
-    rng = np.random.default_rng(0)
-    split = data.Split(rng.integers(0, 256, (256, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 256))
-    datasets = data.Datasets("random", split, split, 32, data.make_batches(split, 32))
+    config = compose(["model=mlp", "train.max_steps=20", "export.serving_policy=mixed_bfloat16",
+                      "infer.throughput_batch_size=64", *QUICK_INFER])
+    datasets = tiny_datasets()
     trained = train.train(model.build_model(config.model, "float32", seed=0), datasets, config.train, "float32")
     evaluated = evaluate.evaluate(trained.model, datasets)
 

@@ -3,51 +3,45 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
 import mlflow
 import numpy as np
 import pytest
-from conftest import run_module, run_pipeline
+from helpers import (
+    FASHION_MNIST_DIR,
+    MODEL_NAME,
+    QUICK_INFER,
+    Store,
+    free_ports,
+    run_module,
+    run_pipeline,
+    wait_until_up,
+)
 
-from pipeline import data
+from pipeline.core import data
 
-MODEL_NAME = "mnist-classifier"
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory, fashion_mnist_dir):
-    """Runs the sweep once for the module; returns (tmp folder, tracking overrides, client)."""
-    folder = tmp_path_factory.mktemp("sweep")
-    tracking = [f"tracking.uri=sqlite:///{folder}/mlflow.db", f"tracking.artifact_root={folder}/artifacts"]
-    result = run_pipeline(
-        ["-m", "precision=float32,mixed_bfloat16", "data.batch_size=64,128", "data=fashion_mnist", "data.source=idx",
-         f"data.idx_dir={fashion_mnist_dir}", "train.max_steps=150", "infer.latency_runs=20",
-         "infer.throughput_runs=3", *tracking],
-        cwd=folder,
-    )
+def sweep(tmp_path_factory, real_data) -> Store:
+    """Runs the sweep once for the module, into the store it returns."""
+    store = Store(tmp_path_factory.mktemp("sweep"))
+    result = run_pipeline(["-m", "precision=float32,mixed_bfloat16", "data.batch_size=64,128", *real_data,
+                           "train.max_steps=150", *QUICK_INFER, *store.overrides], cwd=store.folder)
     assert result.returncode == 0, result.stderr[-3000:]
-    mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
-    return folder, tracking, mlflow.MlflowClient()
+    mlflow.set_tracking_uri(store.uri)  # models:/ URIs resolve through it
+    return store
 
 
-def runs_of(client):
-    experiment_id = client.get_experiment_by_name("mixed-precision").experiment_id
-    return client.search_runs([experiment_id])
-
-
-@pytest.mark.e2e
 def test_sweep_is_one_parent_with_four_children_and_a_report(sweep):
-    _, _, client = sweep
-    runs = runs_of(client)
-    (parent,) = [run for run in runs if run.data.tags.get("sweep.role") == "parent"]
-    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(runs) == 5 and len(children) == 4
+    client = sweep.client()
+    parent, children = sweep.sweep()
+    assert len(sweep.runs()) == 5 and len(children) == 4
     assert parent.info.status == "FINISHED" and all(child.info.status == "FINISHED" for child in children)
     assert {child.data.tags["sweep.id"] for child in children} == {parent.data.tags["sweep.id"]}
     assert sorted(child.info.run_name for child in children) == [
@@ -60,12 +54,10 @@ def test_sweep_is_one_parent_with_four_children_and_a_report(sweep):
     assert table.count("| mlp |") == 4 and "| float32 | 64 |" in table and "1.00x" in table
 
 
-@pytest.mark.e2e
 def test_every_job_registers_a_tagged_described_version(sweep):
-    _, _, client = sweep
-    versions = client.search_model_versions(f"name='{MODEL_NAME}'")
+    versions = sweep.versions()
     assert len(versions) == 4
-    runs = {run.info.run_id: run for run in runs_of(client)}
+    runs = {run.info.run_id: run for run in sweep.runs()}
     for version in versions:
         run = runs[version.run_id]
         assert version.tags["precision.policy"] == run.data.params["precision.policy"]
@@ -74,14 +66,13 @@ def test_every_job_registers_a_tagged_described_version(sweep):
         assert "eval accuracy" in version.description and run.data.params["precision.policy"] in version.description
 
 
-@pytest.mark.e2e
 def test_promote_sets_champion_by_the_rule_and_is_idempotent(sweep):
-    folder, tracking, client = sweep
-    result = run_module("pipeline.promote", tracking, cwd=folder)
+    client = sweep.client()
+    result = run_module("pipeline.promote", sweep.overrides, cwd=sweep.folder)
     assert result.returncode == 0, result.stderr[-3000:]
     # The rule, recomputed here from the runs: accuracy within 0.01 of the best float32, parity,
     # then the highest inference throughput.
-    runs = [run for run in runs_of(client) if "mlflow.parentRunId" in run.data.tags]
+    _, runs = sweep.sweep()
     best_float32 = max(run.data.metrics["eval/accuracy"] for run in runs
                        if run.data.params["precision.policy"] == "float32")
     qualified = [run for run in runs if run.data.metrics["eval/accuracy"] >= best_float32 - 0.01
@@ -93,51 +84,46 @@ def test_promote_sets_champion_by_the_rule_and_is_idempotent(sweep):
     assert len(json.loads(champion.tags["promotion.figures"])) == 4
     assert f"version {champion.version}" in result.stdout
 
-    again = run_module("pipeline.promote", tracking, cwd=folder)
+    again = run_module("pipeline.promote", sweep.overrides, cwd=sweep.folder)
     assert again.returncode == 0 and "nothing changed" in again.stdout
     assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == champion.version
     with pytest.raises(mlflow.exceptions.MlflowException):
         client.get_model_version_by_alias(MODEL_NAME, "previous")  # no former champion moved
 
 
-@pytest.mark.e2e
-def test_champion_loads_predicts_and_infers_from_the_registry(sweep, fashion_mnist_dir):
-    folder, tracking, client = sweep
-    if not _has_champion(client):
-        run_module("pipeline.promote", tracking, cwd=folder)
-    test_split = data.read_idx_split(fashion_mnist_dir, "test")
+def test_champion_loads_predicts_and_infers_from_the_registry(sweep, real_data):
+    if not _has_champion(sweep.client()):
+        run_module("pipeline.promote", sweep.overrides, cwd=sweep.folder)
+    test_split = data.read_idx_split(FASHION_MNIST_DIR, "test")
     images = data.normalize(test_split.images[:200]).numpy()
     predictions = np.asarray(mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion").predict(images))
     assert predictions.shape == (200, 10) and (predictions.argmax(axis=1) == test_split.labels[:200]).mean() > 0.6
 
     result = run_module(
         "pipeline.infer_model",
-        [*tracking, "data=fashion_mnist", "data.source=idx", f"data.idx_dir={fashion_mnist_dir}",
-         f"model_uri=models:/{MODEL_NAME}@champion", "infer.latency_runs=20", "infer.throughput_runs=3"],
-        cwd=folder,
+        [*sweep.overrides, *real_data, f"model_uri=models:/{MODEL_NAME}@champion", *QUICK_INFER],
+        cwd=sweep.folder,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    (run,) = [run for run in runs_of(client) if run.info.run_name == f"infer models:/{MODEL_NAME}@champion"]
+    (run,) = [run for run in sweep.runs() if run.info.run_name == f"infer models:/{MODEL_NAME}@champion"]
     assert run.info.status == "FINISHED"
     assert run.data.metrics["infer/agreement"] == 1.0 and run.data.metrics["eval/accuracy"] > 0.6
     assert {"infer/latency_ms_p50", "infer/latency_ms_p99", "infer/examples_per_sec"} <= run.data.metrics.keys()
 
 
-@pytest.mark.e2e
-def test_served_champion_answers_over_http(sweep, fashion_mnist_dir):
-    folder, tracking, client = sweep
-    if not _has_champion(client):
-        run_module("pipeline.promote", tracking, cwd=folder)
-    port = _free_port()
+def test_served_champion_answers_over_http(sweep):
+    if not _has_champion(sweep.client()):
+        run_module("pipeline.promote", sweep.overrides, cwd=sweep.folder)
+    (port,) = free_ports(1)
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL_NAME}@champion",
          "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        env=os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db"},
-        cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        env=os.environ | {"MLFLOW_TRACKING_URI": sweep.uri},
+        cwd=sweep.folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
     try:
-        _wait_until_up(port, server)
-        test_split = data.read_idx_split(fashion_mnist_dir, "test")
+        wait_until_up(lambda: _answers(port), server, "mlflow models serve")
+        test_split = data.read_idx_split(FASHION_MNIST_DIR, "test")
         images = data.normalize(test_split.images[:16]).numpy()
         status, body = _post(port, {"inputs": images.tolist()})
         assert status == 200
@@ -172,23 +158,12 @@ def _has_champion(client) -> bool:
         return False
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait_until_up(port: int, server: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"server exited: {server.stderr.read().decode()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                return
-        except OSError:
-            time.sleep(1)
-    raise AssertionError(f"server on port {port} did not answer within {timeout} s")
+def _answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 def _post(port: int, payload: dict) -> tuple[int, dict]:

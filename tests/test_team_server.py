@@ -9,19 +9,18 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.parse
 import urllib.request
 
 import mlflow
 import numpy as np
 import pytest
-from conftest import free_ports, run_pipeline
-from test_pipeline_e2e import QUICK_INFER
+from helpers import FASHION_MNIST_DIR, MODEL_NAME, QUICK_INFER, free_ports, run_pipeline, wait_until_up
 
-from pipeline import data
+from pipeline.core import data
 
 DATABASE_USER = "mlflow"
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def postgres_program(name: str) -> str:
@@ -47,10 +46,10 @@ def postgres():
                                      "--auth=trust", "-E", "UTF8"]), check=True, capture_output=True)
     server = subprocess.Popen(as_postgres_user([postgres_program("postgres"), "-D", str(folder / "data"),
                                                 "-h", "127.0.0.1", "-p", str(port), "-k", str(folder)]),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        wait_for(lambda: subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", str(port)],
-                                        capture_output=True).returncode == 0, server, "PostgreSQL")
+        wait_until_up(lambda: subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", str(port)],
+                                             capture_output=True).returncode == 0, server, "PostgreSQL")
         subprocess.run(["createdb", "-h", "127.0.0.1", "-p", str(port), "-U", DATABASE_USER, "mlflow"], check=True)
         yield f"postgresql+psycopg://{DATABASE_USER}@127.0.0.1:{port}/mlflow", port
     finally:
@@ -67,25 +66,14 @@ def tracking_server(postgres, tmp_path_factory):
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", database_uri,
          "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: get(url, "/health") is not None, server, "mlflow server")
+        wait_until_up(lambda: get(url, "/health") is not None, server, "mlflow server")
         yield url, artifacts
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # by its PID, with its workers
         server.wait(timeout=60)
-
-
-def wait_for(is_up, process: subprocess.Popen, name: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"{name} exited: {process.stderr.read().decode()[-2000:]}")
-        if is_up():
-            return
-        time.sleep(1)
-    raise AssertionError(f"{name} did not come up within {timeout} s")
 
 
 def get(url: str, path: str, **query):
@@ -104,12 +92,10 @@ def post(url: str, path: str, payload: dict) -> dict:
         return json.loads(response.read())
 
 
-@pytest.mark.e2e
-def test_team_sweep_lands_in_postgres_through_the_server(tracking_server, postgres, tmp_path, fashion_mnist_dir):
+def test_team_sweep_lands_in_postgres_through_the_server(tracking_server, postgres, tmp_path, real_data):
     url, artifacts = tracking_server
     result = run_pipeline(
-        ["-m", "tracking=server", "precision=float32,mixed_bfloat16", "data=fashion_mnist", "data.source=idx",
-         f"data.idx_dir={fashion_mnist_dir}", "train.max_steps=100", *QUICK_INFER],
+        ["-m", "tracking=server", "precision=float32,mixed_bfloat16", *real_data, "train.max_steps=100", *QUICK_INFER],
         cwd=tmp_path, environment={"MLFLOW_TRACKING_URI": url})  # tracking=server reads the team's URL from here
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (tmp_path / "mlruns").exists()  # nothing tracked locally
@@ -135,14 +121,14 @@ def test_team_sweep_lands_in_postgres_through_the_server(tracking_server, postgr
     assert len(list(artifacts.rglob("MLmodel"))) >= 2
     assert list(artifacts.rglob("report/report.md"))
 
-    versions = get(url, "/api/2.0/mlflow/model-versions/search", filter="name='mnist-classifier'")["model_versions"]
+    versions = get(url, "/api/2.0/mlflow/model-versions/search", filter=f"name='{MODEL_NAME}'")["model_versions"]
     assert sorted(version["run_id"] for version in versions) == sorted(child_ids)
     assert {version["status"] for version in versions} == {"READY"}
-    images = data.normalize(data.read_idx_split(fashion_mnist_dir, "test").images[:4]).numpy()
+    images = data.normalize(data.read_idx_split(FASHION_MNIST_DIR, "test").images[:4]).numpy()
     previous_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(url)
     try:  # the registered model downloads through the server and predicts
-        predictions = np.asarray(mlflow.pyfunc.load_model("models:/mnist-classifier/1").predict(images))
+        predictions = np.asarray(mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/1").predict(images))
     finally:
         mlflow.set_tracking_uri(previous_uri)
     assert predictions.shape == (4, 10)

@@ -2,56 +2,49 @@
 
 import mlflow
 import pytest
-from conftest import compose
 
-from pipeline import tracking
+from pipeline.tracking import models, runs
+from pipeline.tracking import store as store_lib
 
 
 @pytest.fixture
-def tracking_config(tracking_overrides):
-    return compose(tracking_overrides).tracking
-
-
-def only_run(tracking_config):
-    client = mlflow.MlflowClient(tracking_config.uri)
-    experiment = client.get_experiment_by_name(tracking_config.experiment)
-    (run,) = client.search_runs([experiment.experiment_id])
-    return client, run
+def tracking_config(compose, store):
+    return compose(store.overrides).tracking
 
 
 def test_store_and_experiment_are_created_once(tracking_config, tmp_path):
-    first = tracking.prepare_store(tracking_config)
-    assert tracking.prepare_store(tracking_config) == first
+    first = store_lib.prepare(tracking_config)
+    assert store_lib.prepare(tracking_config) == first
     experiment = mlflow.MlflowClient(tracking_config.uri).get_experiment(first)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert experiment.artifact_location == (tmp_path / "artifacts" / tracking_config.experiment).as_uri()
 
 
-def test_finished_run_has_params_and_metric_history(tracking_config):
-    config = compose(["precision=mixed_bfloat16", "data.batch_size=64", "export.dir=/tmp/unused"])
-    with tracking.start_run(tracking_config, "mlp-mixed_bfloat16-bs64", {"precision.policy": "mixed_bfloat16"}):
-        tracking.log_config(config, ["precision=mixed_bfloat16", "data.batch_size=64"])
-        tracking.log_metric_history("train/loss", [(step, 1.0 / step) for step in range(1, 1502)])
-        tracking.log_metrics({"eval/accuracy": 0.9})
-    client, run = only_run(tracking_config)
+def test_finished_run_has_params_and_metric_history(compose, store, tracking_config):
+    config = compose(["precision=mixed_bfloat16", "data.batch_size=64"])
+    with runs.start_run(tracking_config, "mlp-mixed_bfloat16-bs64", {"precision.policy": "mixed_bfloat16"}):
+        runs.log_config(config, ["precision=mixed_bfloat16", "data.batch_size=64"])
+        runs.log_metric_history("train/loss", [(step, 1.0 / step) for step in range(1, 1502)])
+        runs.log_metrics({"eval/accuracy": 0.9})
+    run = store.only_run()
     assert run.info.status == "FINISHED" and run.info.run_name == "mlp-mixed_bfloat16-bs64"
     assert run.data.params["precision.policy"] == "mixed_bfloat16"
     assert run.data.params["data.batch_size"] == "64"
     assert run.data.tags["version.mlflow"] == mlflow.__version__
-    history = client.get_metric_history(run.info.run_id, "train/loss")
+    history = store.client().get_metric_history(run.info.run_id, "train/loss")
     assert sorted(point.step for point in history) == list(range(1, 1502))  # past log_batch's 1000 cap
-    assert {artifact.path for artifact in client.list_artifacts(run.info.run_id, "config")} == {
+    assert {artifact.path for artifact in store.client().list_artifacts(run.info.run_id, "config")} == {
         "config/config.yaml", "config/overrides.yaml"}
 
 
 @pytest.mark.parametrize("error,status", [(RuntimeError("boom"), "FAILED"), (KeyboardInterrupt(), "KILLED"),
-                                          (tracking.JobTerminated("signal 15"), "KILLED")])
-def test_failed_or_interrupted_run_is_never_left_running(tracking_config, error, status):
+                                          (runs.JobTerminated("signal 15"), "KILLED")])
+def test_failed_or_interrupted_run_is_never_left_running(store, tracking_config, error, status):
     with pytest.raises(type(error)):
-        with tracking.start_run(tracking_config, "doomed", {}):
-            tracking.log_metrics({"train/step_time_ms": 1.0})
+        with runs.start_run(tracking_config, "doomed", {}):
+            runs.log_metrics({"train/step_time_ms": 1.0})
             raise error
-    _, run = only_run(tracking_config)
+    run = store.only_run()
     assert run.info.status == status
     assert run.data.metrics["train/step_time_ms"] == 1.0  # what was logged before stays
     if status == "FAILED":
@@ -60,7 +53,7 @@ def test_failed_or_interrupted_run_is_never_left_running(tracking_config, error,
 
 
 def test_flatten_uses_dotted_keys():
-    assert tracking.flatten({"data": {"batch_size": 64, "nested": {"x": 1}}, "top": "a"}) == {
+    assert runs.flatten({"data": {"batch_size": 64, "nested": {"x": 1}}, "top": "a"}) == {
         "data.batch_size": 64, "data.nested.x": 1, "top": "a"}
 
 
@@ -71,8 +64,9 @@ def test_logged_keras_models_load_in_safe_mode(tracking_config):
 
     inputs = keras.Input(shape=(28, 28, 1))
     outputs = keras.layers.Lambda(lambda images: images * 2.0)(inputs)
-    with tracking.start_run(tracking_config, "lambda", {}) as run:
-        mlflow.tensorflow.log_model(keras.Model(inputs, outputs), name="keras_model",
+    with runs.start_run(tracking_config, "lambda", {}) as run:
+        # Listed requirements: MLflow would otherwise infer them in a subprocess.
+        mlflow.tensorflow.log_model(keras.Model(inputs, outputs), name="keras_model", pip_requirements=["keras"],
                                     input_example=np.zeros((1, 28, 28, 1), np.float32))
     with pytest.raises(ValueError, match="safe_mode"):
-        tracking.load_logged_model(f"runs:/{run.info.run_id}/keras_model")
+        models.load_logged_model(f"runs:/{run.info.run_id}/keras_model")

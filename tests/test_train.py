@@ -3,31 +3,22 @@
 import keras
 import numpy as np
 import pytest
-from conftest import compose
+from helpers import tiny_datasets
 
-from pipeline import data, model, train, train_steps
-
-
-def tiny_datasets(count=256, batch_size=32):
-    rng = np.random.default_rng(0)
-    split = data.Split(
-        images=rng.integers(0, 256, (count, 28, 28, 1), dtype=np.uint8),
-        labels=rng.integers(0, 10, count).astype(np.int64),
-    )
-    return data.Datasets(name="tiny", train=split, test=split, batch_size=batch_size,
-                         test_batches=data.make_batches(split, batch_size))
+from pipeline.core import data, model
+from pipeline.stages import steps, train
 
 
-def test_overflowing_float16_step_is_skipped_not_applied():
+def test_overflowing_float16_step_is_skipped_not_applied(compose):
     built = model.build_model(compose(["model=mlp"]).model, "mixed_float16", seed=0)
     # A scale this large overflows float16 gradients on the first step.
     optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(1e-3), initial_scale=2.0**40)
-    train_step = train_steps.make_train_step(built, optimizer)
+    step = steps.make_step(built, optimizer)
     split = tiny_datasets().train
     images, labels = data.normalize(split.images[:32]), split.labels[:32]
     weights_before = [weight.numpy().copy() for weight in built.weights]
 
-    loss = train_step(images, labels)
+    loss = step(images, labels)
 
     assert np.isfinite(loss.numpy())
     assert int(optimizer.iterations.numpy()) == 0  # the step was skipped...
@@ -35,13 +26,13 @@ def test_overflowing_float16_step_is_skipped_not_applied():
     for before, after in zip(weights_before, built.weights):
         np.testing.assert_array_equal(before, after.numpy())
     for _ in range(40):  # the scale keeps halving until gradients fit, then steps apply
-        train_step(images, labels)
+        step(images, labels)
     assert int(optimizer.iterations.numpy()) > 0
     assert all(np.isfinite(weight.numpy()).all() for weight in built.weights)
 
 
 @pytest.mark.parametrize("policy", ["float32", "mixed_float16", "mixed_bfloat16"])
-def test_train_reports_its_figures(policy):
+def test_train_reports_its_figures(compose, policy):
     config = compose(["train.epochs=2", "train.max_steps=12", "train.steps_per_call=3", "train.log_every_steps=4"])
     recorded = []
     result = train.train(
@@ -62,7 +53,7 @@ def test_train_reports_its_figures(policy):
         assert 0 <= metrics["train/skipped_steps"] < 12 and metrics["train/loss_scale"] >= 1
 
 
-def test_max_steps_caps_training_across_epochs():
+def test_max_steps_caps_training_across_epochs(compose):
     config = compose(["train.epochs=5", "train.max_steps=10"])
     result = train.train(model.build_model(config.model, "float32", seed=0), tiny_datasets(), config.train, "float32")
     assert result.steps == 10  # 8 steps an epoch: the cap lands in the second epoch
@@ -77,7 +68,7 @@ def test_epoch_order_is_a_seeded_permutation():
 
 
 @pytest.mark.parametrize("jit_compile", ["false", "step", "true"])
-def test_steps_per_call_does_not_change_the_result(jit_compile):
+def test_steps_per_call_does_not_change_the_result(compose, jit_compile):
     """One step a call or 8 a call: the same batches in the same order, the same weights."""
     finals = []
     for steps_per_call in (1, 8):
@@ -90,7 +81,7 @@ def test_steps_per_call_does_not_change_the_result(jit_compile):
         np.testing.assert_allclose(one_step, eight_steps, rtol=1e-5, atol=1e-6)
 
 
-def test_non_finite_loss_stops_training_within_a_call():
+def test_non_finite_loss_stops_training_within_a_call(compose):
     config = compose(["train.epochs=3", "train.learning_rate=1e30", "train.steps_per_call=5"])
     with pytest.raises(train.TrainingDivergedError, match=r"loss is nan at step [1-5]; lower train.learning_rate"):
         train.train(model.build_model(config.model, "float32", seed=0), tiny_datasets(), config.train, "float32")

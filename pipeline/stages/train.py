@@ -15,7 +15,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import PipelineError, device, distribute, train_steps
+from pipeline import PipelineError
+from pipeline.config import TrainConfig
+from pipeline.core import data, device, distribute
+from pipeline.stages import steps
 
 # Receives a metric name and its (step, value) points; the entry point passes one that logs to
 # MLflow, tests pass a list's append or nothing.
@@ -66,9 +69,9 @@ def epoch_order(example_count: int, seed: int, epoch: int) -> tf.Tensor:
     return tf.constant(np.random.default_rng([seed, epoch]).permutation(example_count).astype(np.int32))
 
 
-def train(model: keras.Model, datasets, train_config, policy: str, log_metric: MetricSink | None = None,
-          optimizer=None, start_step: int = 0, on_steps_done: Callable[[int], None] | None = None,
-          strategy=None) -> TrainResult:
+def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig, policy: str,
+          log_metric: MetricSink | None = None, optimizer=None, start_step: int = 0,
+          on_steps_done: Callable[[int], None] | None = None, strategy=None) -> TrainResult:
     """Trains for train.epochs passes, or train.max_steps optimizer steps if that comes first.
 
     Args:
@@ -80,20 +83,19 @@ def train(model: keras.Model, datasets, train_config, policy: str, log_metric: M
         optimizer: an optimizer to continue with (a restored checkpoint's); a new one if None.
         start_step: steps already taken (resuming); the data order continues from there.
         on_steps_done: called with the step count after every call (checkpointing).
-        strategy: a tf.distribute strategy the model and optimizer were built under, or None;
-            each of its replicas takes an equal share of the batch size.
+        strategy: the tf.distribute strategy the model and optimizer were built under (None: no
+            strategy); each of its replicas takes an equal share of the batch size.
     """
-    optimizer = optimizer or train_steps.make_optimizer(policy, train_config.learning_rate)
+    optimizer = optimizer or steps.make_optimizer(policy, train_config.learning_rate)
     batch_size = datasets.batch_size
     steps_per_epoch = len(datasets.train.labels) // batch_size
     total_steps = min(train_config.epochs * steps_per_epoch, train_config.max_steps or math.inf)
     if strategy is None:
         batch_shape = (batch_size,)
-        run_steps = train_steps.make_train_steps(model, optimizer, datasets.train, train_config.jit_compile)
+        train_call = steps.make_call(model, optimizer, datasets.train, train_config.jit_compile)
     else:
         batch_shape = (strategy.num_replicas_in_sync, distribute.replica_batch_size(strategy, batch_size))
-        run_steps = train_steps.make_distributed_train_steps(model, optimizer, datasets.train,
-                                                             train_config.jit_compile, strategy)
+        train_call = steps.make_distributed_call(model, optimizer, datasets.train, train_config.jit_compile, strategy)
     call_seconds, call_steps, loss_points = [], [], []
     step, loss_value, order_epoch, order = start_step, math.nan, None, None
     last_flush = time.monotonic()
@@ -108,7 +110,7 @@ def train(model: keras.Model, datasets, train_config, policy: str, log_metric: M
             started = time.perf_counter()
             batch_indices = tf.reshape(order[first_batch * batch_size : (first_batch + step_count) * batch_size],
                                        (step_count, *batch_shape))
-            losses = run_steps(batch_indices).numpy()  # the call's one host sync
+            losses = train_call(batch_indices).numpy()  # the call's one host sync
             call_seconds.append(time.perf_counter() - started)
             call_steps.append(step_count)
             loss_points += [(step + offset + 1, float(loss)) for offset, loss in enumerate(losses)

@@ -1,15 +1,19 @@
-"""Data stage: MNIST-style splits from TFDS or from a folder of IDX files, as tf.data pipelines."""
+"""The data: MNIST-style splits from TFDS or from a folder of IDX files, and the tf.data pipeline."""
 
 import dataclasses
 import gzip
 import pathlib
 import socket
 import struct
+import typing
 import urllib.parse
 
 import numpy as np
 
 from pipeline import PipelineError
+
+if typing.TYPE_CHECKING:  # the served model imports this module; it needs no Hydra
+    from pipeline.config import DataConfig
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28, 1)
@@ -39,14 +43,13 @@ class Datasets:
     Training reads `train` directly: it fits on any device, so it is held there as one tensor.
     """
 
-    name: str
     train: Split
     test: Split
     batch_size: int
     test_batches: object  # tf.data.Dataset of (float32 images, int64 labels)
 
 
-def load_datasets(data_config) -> Datasets:
+def load_datasets(data_config: "DataConfig") -> Datasets:
     """Loads both splits from the configured source and checks the batch size fits."""
     if data_config.source == "tfds":
         splits = _read_tfds(data_config.name, data_config.tfds_data_dir)
@@ -63,7 +66,6 @@ def load_datasets(data_config) -> Datasets:
             "pass a smaller data.batch_size"
         )
     return Datasets(
-        name=data_config.name,
         train=train,
         test=test,
         batch_size=data_config.batch_size,

@@ -1,4 +1,4 @@
-"""Hydra callbacks: what happens once around a sweep rather than in every job."""
+"""The Hydra callback that makes a -m sweep one thing in MLflow: what happens once around a sweep."""
 
 import atexit
 import logging
@@ -32,7 +32,7 @@ class SweepTrackingCallback(Callback):
         self.tracking_config = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from pipeline import sweeps
+        from pipeline.tracking import sweeps
 
         self.tracking_config = config.tracking
         sweep_overrides = list(config.hydra.overrides.task)
@@ -45,12 +45,11 @@ class SweepTrackingCallback(Callback):
         atexit.register(self._end_if_open, "KILLED")
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from pipeline import report, sweeps
+        from pipeline.tracking import sweeps
 
         parent_run = sweeps.find_sweep(config.tracking, sweep_id_of(config.hydra))
         report_dir = os.path.join(config.hydra.sweep.dir, "report")
-        sweep_report = report.make_report(config.tracking, parent_run, report_dir)
-        sweeps.log_report(config.tracking, self.parent_run_id, report_dir)
+        sweep_report = sweeps.write_report(config.tracking, parent_run, report_dir)
         search_results = os.path.join(config.hydra.sweep.dir, "optimization_results.yaml")
         if os.path.exists(search_results):  # written by the Optuna sweeper (hparams_search=...)
             sweeps.log_search_result(config.tracking, self.parent_run_id, search_results)
@@ -65,7 +64,7 @@ class SweepTrackingCallback(Callback):
     def _end_if_open(self, status: str) -> None:
         if self.parent_run_id is None:
             return
-        from pipeline import sweeps
+        from pipeline.tracking import sweeps
 
         sweeps.end_sweep(self.tracking_config, self.parent_run_id, status)
         self.parent_run_id = None

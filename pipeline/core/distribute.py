@@ -10,6 +10,7 @@ import json
 import os
 
 from pipeline import PipelineError
+from pipeline.config import DistributeConfig
 
 _strategies = {}  # one strategy per process and setting: MultiWorkerMirroredStrategy can only be made once
 
@@ -18,11 +19,13 @@ class DistributeError(PipelineError):
     """The strategy cannot be set up as configured (batch split, devices), or the cluster broke up."""
 
 
-def is_chief() -> bool:
-    """Whether this process is the cluster's chief: the task of type chief, else worker 0.
+def is_chief(distribute_config: DistributeConfig) -> bool:
+    """Whether this process records the job: every process but a multi-worker job's non-chief workers.
 
-    Read from TF_CONFIG without TensorFlow; a process outside any cluster is its own chief.
+    The chief is the task of type chief, else worker 0, read from TF_CONFIG without TensorFlow.
     """
+    if distribute_config.strategy != "multi_worker":
+        return True
     cluster_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
     task = cluster_config.get("task", {})
     if not task:
@@ -31,21 +34,21 @@ def is_chief() -> bool:
     return task.get("type") == "chief" or (not has_chief and task.get("type") == "worker" and task.get("index") == 0)
 
 
-def make_strategy(distribute_config):
-    """The tf.distribute strategy for distribute.strategy; TensorFlow's default one for `none`.
+def make_strategy(distribute_config: DistributeConfig):
+    """The tf.distribute strategy for distribute.strategy; None for `none` (one device, no strategy).
 
     Call it before any TensorFlow op runs in the process: MultiWorkerMirroredStrategy configures
     collective ops at start-up and refuses to afterwards.
     """
+    name = str(distribute_config.strategy)
+    if name == "none":
+        return None
     import tensorflow as tf
 
-    name = str(distribute_config.strategy)
     key = (name, tuple(distribute_config.devices or ()), distribute_config.logical_cpus)
     if key in _strategies:
         return _strategies[key]
-    if name == "none":
-        strategy = tf.distribute.get_strategy()
-    elif name == "mirrored":
+    if name == "mirrored":
         strategy = tf.distribute.MirroredStrategy(devices=_mirrored_devices(distribute_config))
     else:
         implementation = {
@@ -59,7 +62,7 @@ def make_strategy(distribute_config):
     return strategy
 
 
-def _mirrored_devices(distribute_config) -> list[str] | None:
+def _mirrored_devices(distribute_config: DistributeConfig) -> list[str] | None:
     import tensorflow as tf
 
     if distribute_config.logical_cpus:
@@ -74,29 +77,38 @@ def _mirrored_devices(distribute_config) -> list[str] | None:
     return list(distribute_config.devices) if distribute_config.devices else None
 
 
+def scope(strategy):
+    """`strategy.scope()`, or no scope at all when there is no strategy (None)."""
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+
+def replica_count(strategy) -> int:
+    return strategy.num_replicas_in_sync if strategy is not None else 1
+
+
 def replica_batch_size(strategy, global_batch_size: int) -> int:
     """Each replica's share of the global batch.
 
     Raises:
         DistributeError: the global batch does not split evenly.
     """
-    replicas = strategy.num_replicas_in_sync
+    replicas = replica_count(strategy)
     if global_batch_size % replicas:
         raise DistributeError(f"data.batch_size={global_batch_size} does not split evenly across {replicas} replicas; "
                               f"use a multiple of {replicas}")
     return global_batch_size // replicas
 
 
-def describe(strategy, distribute_config) -> dict[str, str]:
+def describe(strategy, distribute_config: DistributeConfig) -> dict[str, str]:
     """Tags for the run: which strategy, how many replicas."""
     return {
         "distribute.strategy": str(distribute_config.strategy),
-        "distribute.replicas": str(strategy.num_replicas_in_sync),
+        "distribute.replicas": str(replica_count(strategy)),
     }
 
 
 @contextlib.contextmanager
-def reporting_lost_workers(distribute_config):
+def reporting_lost_workers(distribute_config: DistributeConfig):
     """Turns TensorFlow's error for a multi-worker peer that died into one line saying what to do.
 
     The surviving workers' collective ops fail with UnavailableError once the coordination

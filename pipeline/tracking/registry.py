@@ -1,33 +1,24 @@
 """The MLflow model registry: registering each job's model, and promoting a sweep's champion."""
 
-import dataclasses
 import json
 
 import mlflow
 
-
-@dataclasses.dataclass
-class Candidate:
-    """A registered version with the figures the promotion rule reads."""
-
-    version: str
-    run_name: str
-    policy: str
-    accuracy: float | None
-    agreement: float | None
-    score: float | None
+from pipeline.analysis.champion import Candidate
+from pipeline.config import TrackingConfig
+from pipeline.tracking import store
 
 
 def register(model_uri: str, name: str, tags: dict[str, str], description: str) -> str:
-    """Registers `model_uri` as a new version of `name`, tagged and described; returns the version."""
+    """Registers `model_uri` as a new version of `name` in the current store; returns the version."""
     version = mlflow.register_model(model_uri, name, tags=tags)
-    mlflow.MlflowClient().update_model_version(name, version.version, description=description)
+    store.client().update_model_version(name, version.version, description=description)
     return version.version
 
 
-def sweep_candidates(tracking_config, name: str, sweep_id: str, metric: str) -> list[Candidate]:
+def sweep_candidates(tracking_config: TrackingConfig, name: str, sweep_id: str, metric: str) -> list[Candidate]:
     """Every version of `name` registered by the sweep `sweep_id`, with its run's figures."""
-    client = mlflow.MlflowClient(tracking_config.uri)
+    client = store.client(tracking_config.uri)
     candidates = []
     for version in client.search_model_versions(f"name='{name}'"):
         if version.tags.get("sweep.id") != sweep_id:
@@ -45,17 +36,16 @@ def sweep_candidates(tracking_config, name: str, sweep_id: str, metric: str) -> 
     return sorted(candidates, key=lambda candidate: int(candidate.version))
 
 
-def current_alias(tracking_config, name: str, alias: str) -> str | None:
-    client = mlflow.MlflowClient(tracking_config.uri)
+def current_alias(tracking_config: TrackingConfig, name: str, alias: str) -> str | None:
     try:
-        return client.get_model_version_by_alias(name, alias).version
+        return store.client(tracking_config.uri).get_model_version_by_alias(name, alias).version
     except mlflow.exceptions.MlflowException:
         return None
 
 
-def set_champion(tracking_config, name: str, version: str, aliases, reason: dict) -> None:
+def set_champion(tracking_config: TrackingConfig, name: str, version: str, aliases, reason: dict) -> None:
     """Points `aliases.champion` at `version`, the former champion keeping `aliases.previous`."""
-    client = mlflow.MlflowClient(tracking_config.uri)
+    client = store.client(tracking_config.uri)
     former = current_alias(tracking_config, name, aliases.champion)
     if former is not None:
         client.set_registered_model_alias(name, aliases.previous, former)

@@ -2,10 +2,10 @@
 
 import keras
 
-POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+from pipeline.config import Policy
 
 # CPU flags (from /proc/cpuinfo) that give native arithmetic for each reduced dtype.
-_CPU_FLAGS = {
+CPU_FLAGS = {
     "mixed_float16": ("avx512_fp16", "amx_fp16"),
     "mixed_bfloat16": ("avx512_bf16", "amx_bf16"),
 }
@@ -20,10 +20,10 @@ def set_precision_policy(policy: str) -> keras.DTypePolicy:
     order would silently train every job after the first in float32.
 
     Raises:
-        ValueError: `policy` is not one of POLICIES.
+        ValueError: `policy` is not a Policy.
     """
-    if policy not in POLICIES:
-        raise ValueError(f"precision.policy={policy!r} is not a known policy; use one of {', '.join(POLICIES)}")
+    if policy not in list(Policy):
+        raise ValueError(f"precision.policy={policy!r} is not a known policy; use one of {', '.join(Policy)}")
     keras.backend.clear_session()
     keras.mixed_precision.set_global_policy(policy)
     return keras.mixed_precision.global_policy()
@@ -33,7 +33,7 @@ def hardware_support(policy: str, gpu_capability: tuple[int, int] | None, cpu_fl
     """Says whether the device the job runs on has native arithmetic for `policy`'s compute dtype.
 
     Args:
-        policy: one of POLICIES.
+        policy: a Policy.
         gpu_capability: the first GPU's compute capability, or None when training on the CPU.
         cpu_flags: the CPU's feature flags, as in /proc/cpuinfo.
 
@@ -50,11 +50,11 @@ def hardware_support(policy: str, gpu_capability: tuple[int, int] | None, cpu_fl
             f"GPU compute capability {gpu_capability[0]}.{gpu_capability[1]} {verdict} fast {policy} "
             f"arithmetic (needs {needed[0]}.{needed[1]}+)"
         )
-    found = [flag for flag in _CPU_FLAGS[policy] if flag in cpu_flags]
+    found = [flag for flag in CPU_FLAGS[policy] if flag in cpu_flags]
     if found:
         return True, f"CPU has {'/'.join(found)}: {policy} runs in hardware"
     slowdown = " and runs several times slower than float32" if policy == "mixed_float16" else ""
     return False, (
-        f"CPU lacks {' and '.join(_CPU_FLAGS[policy])}: {policy} is emulated{slowdown}; "
+        f"CPU lacks {' and '.join(CPU_FLAGS[policy])}: {policy} is emulated{slowdown}; "
         "its speed figures here say nothing about a GPU"
     )

@@ -10,7 +10,7 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-IMAGE_SHAPE = (28, 28, 1)
+from pipeline.core.data import IMAGE_SHAPE
 
 
 def validate_images(images) -> np.ndarray:

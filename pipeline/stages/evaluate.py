@@ -6,6 +6,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pipeline.core import data
+
 
 @dataclasses.dataclass
 class EvaluateResult:
@@ -19,7 +21,7 @@ class EvaluateResult:
         return {"eval/loss": self.loss, "eval/accuracy": self.accuracy}
 
 
-def evaluate(model: keras.Model, datasets) -> EvaluateResult:
+def evaluate(model: keras.Model, datasets: data.Datasets) -> EvaluateResult:
     """Runs the model in inference mode over the whole test split."""
     predict = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
     logits = np.concatenate([predict(images).numpy() for images, _ in datasets.test_batches])

@@ -1,13 +1,14 @@
 """Compiled training steps: the optimizer with loss scaling, one step, and calls of many steps.
 
-make_train_steps serves one device; make_distributed_train_steps the replicas of a tf.distribute
-strategy. Both take each call's batches as example indices into the device-resident split.
+make_call serves one device; make_distributed_call the replicas of a tf.distribute strategy.
+Both take each call's batches as example indices into the device-resident split.
 """
 
 import keras
 import tensorflow as tf
 
-from pipeline import data
+from pipeline.config import JitCompile, jit_mode
+from pipeline.core import data
 
 
 class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
@@ -50,7 +51,7 @@ def _loss_and_gradients(model, optimizer, loss_function, images, labels, global_
     return loss, tape.gradient(scaled_loss, model.trainable_variables)
 
 
-def make_train_step(model: keras.Model, optimizer):
+def make_step(model: keras.Model, optimizer):
     """One optimizer step on a batch; returns the unscaled float32 loss. Not compiled by itself."""
     loss_function = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
     if not optimizer.built:  # a restored checkpoint's optimizer is already built
@@ -65,13 +66,8 @@ def make_train_step(model: keras.Model, optimizer):
     return train_step
 
 
-def jit_mode(jit_compile) -> str:
-    """train.jit_compile as one of "false", "step" (each step compiled) or "true" (each whole call)."""
-    return str(jit_compile).lower()
-
-
-def make_train_steps(model: keras.Model, optimizer, split: data.Split, jit_compile: str):
-    """A compiled call running one step per row of `batch_indices` (steps, batch size).
+def make_call(model: keras.Model, optimizer, split: data.Split, jit_compile: str):
+    """A compiled call running one optimizer step per row of `batch_indices` (steps, batch size).
 
     `jit_compile`: "false" (TensorFlow's graph executor), "step" (XLA compiles each step, the
     loop of steps runs in the graph executor, as Keras's fit does) or "true" (XLA compiles the
@@ -83,22 +79,22 @@ def make_train_steps(model: keras.Model, optimizer, split: data.Split, jit_compi
     cut from the epoch's order outside. Each distinct step count (steps_per_call, and the few
     shorter calls at epoch ends and checkpoints) compiles once.
     """
-    train_step = make_train_step(model, optimizer)
-    if jit_mode(jit_compile) == "step":
-        train_step = tf.function(train_step, jit_compile=True)
+    step = make_step(model, optimizer)
+    if jit_mode(jit_compile) == JitCompile.step:
+        step = tf.function(step, jit_compile=True)
     images = tf.constant(split.images)
     labels = tf.constant(split.labels)
 
-    @tf.function(jit_compile=jit_mode(jit_compile) == "true")
-    def train_steps(batch_indices):
-        return _each_step(batch_indices, lambda batch: train_step(data.normalize(tf.gather(images, batch)),
-                                                                  tf.gather(labels, batch)))
+    @tf.function(jit_compile=jit_mode(jit_compile) == JitCompile.true)
+    def train_call(batch_indices):
+        return _each_step(batch_indices, lambda batch: step(data.normalize(tf.gather(images, batch)),
+                                                            tf.gather(labels, batch)))
 
-    return train_steps
+    return train_call
 
 
-def make_distributed_train_steps(model: keras.Model, optimizer, split: data.Split, jit_compile: str, strategy):
-    """make_train_steps under a tf.distribute strategy: `batch_indices` is (steps, replicas, per replica).
+def make_distributed_call(model: keras.Model, optimizer, split: data.Split, jit_compile: str, strategy):
+    """make_call under a tf.distribute strategy: `batch_indices` is (steps, replicas, per replica).
 
     Every replica holds the whole split on its device and takes its own row of each step's
     indices; its loss is its share of the global batch mean, so the gradients the optimizer sums
@@ -113,7 +109,7 @@ def make_distributed_train_steps(model: keras.Model, optimizer, split: data.Spli
     def loss_and_gradients(images, labels, global_batch_size):
         return _loss_and_gradients(model, optimizer, loss_function, images, labels, global_batch_size)
 
-    if jit_mode(jit_compile) == "step":
+    if jit_mode(jit_compile) == JitCompile.step:
         loss_and_gradients = tf.function(loss_and_gradients, jit_compile=True)
     images = strategy.experimental_distribute_values_from_function(lambda _: tf.constant(split.images))
     labels = strategy.experimental_distribute_values_from_function(lambda _: tf.constant(split.labels))
@@ -127,11 +123,11 @@ def make_distributed_train_steps(model: keras.Model, optimizer, split: data.Spli
         return loss
 
     @tf.function
-    def train_steps(batch_indices):
+    def train_call(batch_indices):
         return _each_step(batch_indices, lambda step_indices: strategy.reduce(
             tf.distribute.ReduceOp.SUM, strategy.run(replica_step, args=(images, labels, step_indices)), axis=None))
 
-    return train_steps
+    return train_call
 
 
 def _each_step(batch_indices, run_step):

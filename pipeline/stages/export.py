@@ -6,7 +6,8 @@ import shutil
 
 import keras
 
-from pipeline import model as model_lib
+from pipeline.config import CnnConfig, ExportConfig, MlpConfig
+from pipeline.core import model as model_lib
 
 
 @dataclasses.dataclass
@@ -18,8 +19,8 @@ class ExportResult:
     policy: str
 
 
-def export(trained: keras.Model, export_config, model_config, training_policy: str, seed: int,
-           distributed: bool = False) -> ExportResult:
+def export(trained: keras.Model, export_config: ExportConfig, model_config: MlpConfig | CnnConfig,
+           training_policy: str, seed: int, distributed: bool = False) -> ExportResult:
     """Writes the serving model as a SavedModel under <export.dir>/saved_model.
 
     With export.serving_policy other than `same`, the model is rebuilt under that policy from the

@@ -1,23 +1,23 @@
 """Model definitions, shared by training and serving. Build them after the precision policy is set."""
 
-import contextlib
-
 import hydra.utils
 import keras
 
-from pipeline import data, precision
+from pipeline.config import CnnConfig, MlpConfig
+from pipeline.core import data, distribute, precision
 
 
-def build_model(model_config, policy: str, seed: int, strategy=None) -> keras.Model:
+def build_model(model_config: MlpConfig | CnnConfig, policy: str, seed: int, strategy=None) -> keras.Model:
     """Sets `policy` for this job, then builds the configured model (model.<name>'s `_target_`).
 
     One function does both so no caller can build a layer before the policy is in place.
     Seeds Python, NumPy and TensorFlow after the session reset, so weights start the same.
-    Under a tf.distribute `strategy` the weights are created in its scope (one copy per replica).
+    Under a tf.distribute `strategy` (None: no strategy) the weights are created in its scope,
+    one copy per replica.
     """
     precision.set_precision_policy(policy)
     keras.utils.set_random_seed(seed)
-    with strategy.scope() if strategy else contextlib.nullcontext():
+    with distribute.scope(strategy):
         return hydra.utils.instantiate(model_config)
 
 

@@ -6,7 +6,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from pipeline import data
+from pipeline.config import InferConfig
+from pipeline.core import data
 
 
 @dataclasses.dataclass
@@ -24,7 +25,8 @@ class InferResult:
         return {f"infer/{field.name}": getattr(self, field.name) for field in dataclasses.fields(self)}
 
 
-def infer(saved_model_dir, test_split: data.Split, reference_logits: np.ndarray, infer_config) -> InferResult:
+def infer(saved_model_dir, test_split: data.Split, reference_logits: np.ndarray,
+          infer_config: InferConfig) -> InferResult:
     """Loads `saved_model_dir` (not the in-memory model) and runs its `serve` endpoint.
 
     Args:

@@ -1,26 +1,16 @@
-"""The four stages in order for one job, each one's result passed explicitly to the next."""
+"""The four stages in order for one job, each one's result passed explicitly to the next, and
+each recorded in the job's MLflow run."""
 
 import dataclasses
 import logging
 import tempfile
 
 import tensorflow as tf
+from omegaconf import DictConfig
 
-from pipeline import (
-    checkpoints,
-    data,
-    device,
-    distribute,
-    evaluate,
-    export,
-    infer,
-    model,
-    precision,
-    registry,
-    tracking,
-    train,
-    train_steps,
-)
+from pipeline.core import data, device, distribute, model, precision
+from pipeline.stages import checkpoints, evaluate, export, infer, steps, train
+from pipeline.tracking import models, registry, runs
 
 logger = logging.getLogger("pipeline")
 
@@ -35,7 +25,7 @@ class JobResult:
         return f"eval accuracy {accuracy}, {self.examples_per_sec or 0:.0f} train examples/s"
 
 
-def run_stages(config, run_id: str, sweep_id: str | None, checkpoint_dir: str) -> JobResult:
+def run_stages(config: DictConfig, run_id: str, sweep_id: str | None, checkpoint_dir: str) -> JobResult:
     """Runs config.stages (a prefix of train, evaluate, export, infer) inside the active MLflow run.
 
     Args:
@@ -50,31 +40,31 @@ def run_stages(config, run_id: str, sweep_id: str | None, checkpoint_dir: str) -
         policy, device.gpu_compute_capability(), device.read_cpu_flags())
     if not supported:
         logger.warning("%s", hardware_note)
-    tracking.set_tags(device.describe_device() | {
+    runs.set_tags(device.describe_device() | {
         "precision.hardware_supported": str(supported).lower(),
         "precision.hardware_note": hardware_note,
     } | distribute.describe(strategy, config.distribute))
-    datasets, trained = _train(config, strategy, checkpoint_dir, log_metric=tracking.log_metric_history)
-    tracking.log_metrics(trained.metrics())
-    tracking.set_tags({"train.peak_memory_source": trained.peak_memory_source})
+    datasets, trained = _build_and_train(config, strategy, checkpoint_dir, log_metric=runs.log_metric_history)
+    runs.log_metrics(trained.metrics())
+    runs.set_tags({"train.peak_memory_source": trained.peak_memory_source})
     result = JobResult(examples_per_sec=trained.examples_per_sec)
     if "evaluate" not in config.stages:
         return result
     evaluated = evaluate.evaluate(trained.model, datasets)
-    tracking.log_metrics(evaluated.metrics())
+    runs.log_metrics(evaluated.metrics())
     result.accuracy = evaluated.accuracy
     if "export" not in config.stages:
         return result
     exported = export.export(trained.model, config.export, config.model, policy, seed=config.train.seed,
-                             distributed=config.distribute.strategy != "none")
-    tracking.set_tags({"export.policy": exported.policy})
+                             distributed=strategy is not None)
+    runs.set_tags({"export.policy": exported.policy})
     if "infer" not in config.stages:
         return result
     inferred = infer.infer(exported.saved_model_dir, datasets.test, evaluated.logits, config.infer)
-    tracking.log_metrics(inferred.metrics())
+    runs.log_metrics(inferred.metrics())
     # Logged and registered last, so a job that fails in any stage registers nothing.
     example = data.normalize(datasets.test.images[:2]).numpy()
-    model_uri = tracking.log_model(exported.model, exported.saved_model_dir, example)
+    model_uri = models.log_model(exported.model, exported.saved_model_dir, example)
     if config.tracking.registered_model:
         registry.register(model_uri, config.tracking.registered_model, {
             "precision.policy": policy, "export.policy": exported.policy, "run_id": run_id,
@@ -87,7 +77,7 @@ def run_stages(config, run_id: str, sweep_id: str | None, checkpoint_dir: str) -
     return result
 
 
-def train_as_worker(config) -> None:
+def train_as_worker(config: DictConfig) -> None:
     """A non-chief worker's part of a multi-worker job: the same training steps, nothing logged.
 
     Every worker must take part in each step's all-reduce and in each checkpoint save (saving
@@ -96,10 +86,12 @@ def train_as_worker(config) -> None:
     """
     strategy = distribute.make_strategy(config.distribute)
     with tempfile.TemporaryDirectory(prefix="worker-checkpoints-") as checkpoint_dir:
-        _train(config, strategy, checkpoint_dir, log_metric=None)
+        _build_and_train(config, strategy, checkpoint_dir, log_metric=None)
 
 
-def _train(config, strategy, checkpoint_dir: str, log_metric) -> tuple[data.Datasets, train.TrainResult]:
+def _build_and_train(config: DictConfig, strategy, checkpoint_dir: str,
+                     log_metric: train.MetricSink | None) -> tuple[data.Datasets, train.TrainResult]:
+    """Loads the data, builds the model and optimizer (restoring a checkpoint to resume), trains."""
     policy = str(config.precision.policy)
     if config.train.deterministic:
         # Process-wide and irreversible in TensorFlow: later jobs of a basic-launcher sweep stay deterministic.
@@ -107,12 +99,12 @@ def _train(config, strategy, checkpoint_dir: str, log_metric) -> tuple[data.Data
     datasets = data.load_datasets(config.data)
     with distribute.reporting_lost_workers(config.distribute):
         untrained = model.build_model(config.model, policy, seed=config.train.seed, strategy=strategy)
-        with strategy.scope():
-            optimizer = train_steps.make_optimizer(policy, config.train.learning_rate)
+        with distribute.scope(strategy):
+            optimizer = steps.make_optimizer(policy, config.train.learning_rate)
             checkpointer = checkpoints.Checkpointer(untrained, optimizer, checkpoint_dir,
                                                     config.train.checkpoint_every_steps)
         start_step = checkpointer.restore_latest() if config.train.resume else 0
         trained = train.train(untrained, datasets, config.train, policy, log_metric=log_metric,
                               optimizer=optimizer, start_step=start_step, on_steps_done=checkpointer.save_if_due,
-                              strategy=None if config.distribute.strategy == "none" else strategy)
+                              strategy=strategy)
     return datasets, trained

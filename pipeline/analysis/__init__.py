@@ -1,0 +1,1 @@
+"""Comparing finished runs: the sweep report (tables, plots) and the promotion rule."""

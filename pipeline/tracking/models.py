@@ -1,0 +1,56 @@
+"""Models in MLflow: logging a job's served model beside its Keras model, and loading them back."""
+
+import pathlib
+
+import mlflow
+
+import pipeline
+from pipeline.tracking import serving
+
+
+def log_model(model, saved_model_dir, input_example) -> str:
+    """Logs the served model and the Keras model behind it; returns the served model's URI.
+
+    `model` (pyfunc): the exported SavedModel behind input checks (tracking/serving.py), with
+    signature and input example: what is registered and served. `keras_model`: the same network
+    as a Keras model, the reference that inference from the registry compares against.
+    """
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *input_example.shape[1:]), "image")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, model.output_shape[-1]), "logits")]),
+    )
+    # Listing the requirements skips MLflow's inference of them, which re-imports the model in a
+    # subprocess and costs tens of seconds per job.
+    requirements = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}"]
+    keras.config.disable_interactive_logging()  # MLflow's predict on the example would draw a progress bar
+    served = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(pathlib.Path(serving.__file__).with_name("serving_model.py")),  # code, not a pickle
+        artifacts={"saved_model": str(saved_model_dir)},
+        code_paths=[str(pathlib.Path(pipeline.__file__).parent)],  # the pipeline package, so it loads anywhere
+        signature=signature,
+        input_example=input_example,
+        pip_requirements=requirements,
+    )
+    mlflow.tensorflow.log_model(model, name="keras_model", signature=signature, pip_requirements=requirements)
+    mlflow.log_artifacts(str(saved_model_dir), "serving_saved_model")  # browsable beside the run
+    mlflow.set_tag("keras_model_uri", f"runs:/{mlflow.active_run().info.run_id}/keras_model")
+    return served.model_uri
+
+
+def load_logged_model(model_uri: str):
+    """The Keras model logged beside `model_uri` and a local copy of the SavedModel it serves.
+
+    The Keras model loads in Keras's safe mode (MLflow's default), which refuses to run code
+    (Lambda layers) stored in a model file.
+    """
+    run_id = mlflow.models.get_model_info(model_uri).run_id
+    keras_model = mlflow.tensorflow.load_model(f"runs:/{run_id}/keras_model")
+    saved_model_dir = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="serving_saved_model")
+    return keras_model, saved_model_dir

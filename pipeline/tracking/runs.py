@@ -1,0 +1,129 @@
+"""One MLflow run per job: opened, ended in every case, and what the job logs into it."""
+
+import contextlib
+import signal
+import threading
+import time
+
+import mlflow
+from mlflow.entities import Metric, Param, RunStatus
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.config import TrackingConfig
+from pipeline.tracking import store
+from pipeline.tracking.store import TrackingError
+
+_LOG_BATCH_LIMIT = 1000  # metrics per log_batch call, MLflow's own cap
+
+
+class JobTerminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C so the run ends KILLED rather than left RUNNING."""
+
+
+@contextlib.contextmanager
+def start_run(tracking_config: TrackingConfig, run_name: str, tags: dict[str, str],
+              resume_run_id: str | None = None):
+    """One MLflow run for one job, ended FINISHED, FAILED (with the error as a tag) or KILLED.
+
+    With `resume_run_id`, reopens that run (its tags and params stay as first logged).
+
+    Raises:
+        TrackingError: the run to resume does not exist or already finished.
+    """
+    experiment_id = store.prepare(tracking_config)
+    if resume_run_id:
+        run = _reopen(resume_run_id)
+    else:
+        tags = tags | {"version.mlflow": mlflow.__version__}
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
+    restore_sigterm = _raise_on_sigterm()
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException as error:
+        mlflow.set_tag("error", describe_error(error))
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    else:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+    finally:
+        restore_sigterm()
+
+
+def _reopen(run_id: str):
+    try:
+        previous = store.client().get_run(run_id)
+    except mlflow.exceptions.MlflowException as error:
+        raise TrackingError(f"train.resume={run_id}: no such run in {mlflow.get_tracking_uri()}") from error
+    if previous.info.status == "FINISHED":
+        raise TrackingError(f"train.resume={run_id}: that run already FINISHED; nothing to resume")
+    mlflow.start_run(run_id=run_id)
+    return mlflow.get_run(run_id)
+
+
+def record_failed_run(config: DictConfig, run_name: str, tags: dict[str, str], error: Exception) -> None:
+    """A FAILED run for a job that failed before its run could start (a bad config in a sweep)."""
+    experiment_id = store.prepare(config.tracking)
+    client = store.client(config.tracking.uri)
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags | {"error": describe_error(error)})
+    params = _config_params(OmegaConf.to_container(config, resolve=True, enum_to_str=True))
+    client.log_batch(run.info.run_id, params=[Param(key, value) for key, value in params.items()])
+    client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+
+
+def log_config(config: DictConfig, overrides: list[str]) -> None:
+    """The resolved config as dotted params (precision.policy, data.batch_size, ...) and as files."""
+    resolved = OmegaConf.to_container(config, resolve=True, enum_to_str=True)
+    mlflow.log_params(_config_params(resolved))
+    mlflow.log_dict(resolved, "config/config.yaml")
+    mlflow.log_dict({"overrides": list(overrides)}, "config/overrides.yaml")
+
+
+def log_metric_history(name: str, points: list[tuple[int, float]]) -> None:
+    """Logs a metric's (step, value) points in as few store round trips as MLflow allows."""
+    run_id = mlflow.active_run().info.run_id
+    timestamp = int(time.time() * 1000)
+    metrics = [Metric(name, float(value), timestamp, step) for step, value in points]
+    for start in range(0, len(metrics), _LOG_BATCH_LIMIT):
+        store.client().log_batch(run_id, metrics=metrics[start : start + _LOG_BATCH_LIMIT], synchronous=True)
+
+
+def log_metrics(metrics: dict[str, float]) -> None:
+    mlflow.log_metrics({name: float(value) for name, value in metrics.items()})
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    mlflow.set_tags(tags)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    """{"data": {"batch_size": 64}} -> {"data.batch_size": 64}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def describe_error(error: BaseException) -> str:
+    """An error as the `error` tag shows it: its type and message."""
+    return f"{type(error).__name__}: {error}"[:5000]  # MLflow caps tag values
+
+
+def _config_params(resolved: dict) -> dict[str, str]:
+    return {key: str(value) for key, value in flatten(resolved).items()}
+
+
+def _raise_on_sigterm():
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handle(signum, frame):
+        raise JobTerminated(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    return lambda: signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,89 @@
+"""A -m sweep in MLflow: its parent run, its jobs' child runs, and its report logged on the parent."""
+
+import pathlib
+
+from omegaconf import OmegaConf
+
+from pipeline import PipelineError
+from pipeline.analysis import report
+from pipeline.config import TrackingConfig
+from pipeline.tracking import store
+
+SWEEP_ID_TAG = "sweep.id"
+SWEEP_ROLE_TAG = "sweep.role"
+PARENT_RUN_TAG = "mlflow.parentRunId"  # what MLflow's UI nests child runs under
+
+
+def start_sweep(tracking_config: TrackingConfig, sweep_id: str, sweep_overrides: list[str]) -> str:
+    """Creates a sweep's parent run (left RUNNING until end_sweep) and returns its id."""
+    experiment_id = store.prepare(tracking_config)
+    tags = {SWEEP_ID_TAG: sweep_id, SWEEP_ROLE_TAG: "parent", "sweep.overrides": " ".join(sweep_overrides)}
+    run = store.client(tracking_config.uri).create_run(experiment_id, run_name=f"sweep-{pathlib.Path(sweep_id).name}",
+                                                       tags=tags)
+    return run.info.run_id
+
+
+def find_sweep(tracking_config: TrackingConfig, sweep_id: str | None = None):
+    """The parent run of sweep `sweep_id`, or of the latest sweep when None; None if there is none."""
+    experiment_id = store.prepare(tracking_config)
+    query = f"tags.`{SWEEP_ROLE_TAG}` = 'parent'"
+    if sweep_id:
+        query += f" and tags.`{SWEEP_ID_TAG}` = '{sweep_id}'"
+    runs = store.client(tracking_config.uri).search_runs([experiment_id], query,
+                                                         order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def require_sweep(tracking_config: TrackingConfig, sweep_id: str | None):
+    """find_sweep, for commands that need one.
+
+    Raises:
+        PipelineError: there is no such sweep in the store.
+    """
+    parent_run = find_sweep(tracking_config, sweep_id)
+    if parent_run is None:
+        which = f"sweep_id={sweep_id}" if sweep_id else "any sweep"
+        raise PipelineError(f"no sweep found in {tracking_config.uri} ({which}); run one with -m first, "
+                            "or check tracking.uri and sweep_id")
+    return parent_run
+
+
+def sweep_tags(tracking_config: TrackingConfig, sweep_id: str) -> dict[str, str]:
+    """Tags that make a job's run a child of its sweep's parent run (just the sweep id if none)."""
+    parent_run = find_sweep(tracking_config, sweep_id)
+    tags = {SWEEP_ID_TAG: sweep_id}
+    if parent_run is not None:
+        tags[PARENT_RUN_TAG] = parent_run.info.run_id
+    return tags
+
+
+def write_report(tracking_config: TrackingConfig, parent_run, report_dir) -> report.Report:
+    """Builds the report of a sweep's jobs into `report_dir` and logs its files on the parent run, under report/."""
+    client = store.client(tracking_config.uri)
+    query = f"tags.`{PARENT_RUN_TAG}` = '{parent_run.info.run_id}'"
+    jobs = client.search_runs([parent_run.info.experiment_id], query, order_by=["attributes.start_time ASC"])
+    loss_histories = {job.info.run_id: [(point.step, point.value)
+                                        for point in client.get_metric_history(job.info.run_id, "train/loss")]
+                      for job in jobs}
+    sweep_report = report.make_report(jobs, loss_histories, report_dir)
+    client.log_artifacts(parent_run.info.run_id, str(report_dir), "report")
+    return sweep_report
+
+
+def log_search_result(tracking_config: TrackingConfig, parent_run_id: str, results_file) -> None:
+    """Logs an Optuna search's outcome on its parent run: the best value and parameters, and the file.
+
+    The best parameters become `search.best.<key>` tags, so the UI's run table can show them.
+    """
+    results = OmegaConf.load(results_file)
+    client = store.client(tracking_config.uri)
+    client.log_artifact(parent_run_id, str(results_file), "search")
+    if "best_value" not in results:  # a multi-objective search lists a Pareto front instead
+        return
+    client.log_metric(parent_run_id, "search/best_value", float(results.best_value))
+    for key, value in results.best_params.items():
+        client.set_tag(parent_run_id, f"search.best.{key}", str(value))
+
+
+def end_sweep(tracking_config: TrackingConfig, parent_run_id: str, status: str) -> None:
+    store.client(tracking_config.uri).set_terminated(parent_run_id, status)

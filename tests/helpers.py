@@ -1,0 +1,135 @@
+"""Helpers shared by the test modules: the store a test writes to, subprocess runs of the commands,
+servers' ports and start-up, small data. Fixtures that hand them out are in conftest.py.
+"""
+
+import dataclasses
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+import mlflow
+import numpy as np
+
+from pipeline.core import data
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+FASHION_MNIST_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
+EXPERIMENT = "mixed-precision"  # conf/tracking's default experiment
+MODEL_NAME = "mnist-classifier"  # conf/tracking's default registered model
+# Fewer timed inference calls: the figures are checked for presence and sense, not for precision.
+QUICK_INFER = ["infer.latency_runs=20", "infer.throughput_runs=3"]
+# The metric names the MLflow UI comparison relies on.
+CONTRACT_METRICS = {
+    "train/loss", "train/step_time_ms", "train/step_time_ms_p90", "train/examples_per_sec",
+    "train/peak_memory_mb", "eval/loss", "eval/accuracy", "infer/latency_ms_p50", "infer/latency_ms_p99",
+    "infer/examples_per_sec", "infer/agreement", "infer/max_abs_diff",
+}
+FLOAT16_METRICS = {"train/loss_scale", "train/skipped_steps"}
+
+
+@dataclasses.dataclass
+class Store:
+    """A real SQLite MLflow store (and artifact folder) in `folder`, and look-ups into it."""
+
+    folder: pathlib.Path
+
+    @property
+    def uri(self) -> str:
+        return f"sqlite:///{self.folder}/mlflow.db"
+
+    @property
+    def overrides(self) -> list[str]:
+        return [f"tracking.uri={self.uri}", f"tracking.artifact_root={self.folder}/artifacts"]
+
+    def client(self) -> mlflow.MlflowClient:
+        return mlflow.MlflowClient(self.uri)
+
+    def runs(self, experiment: str = EXPERIMENT) -> list:
+        client = self.client()
+        return client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+
+    def only_run(self, experiment: str = EXPERIMENT):
+        (run,) = self.runs(experiment)
+        return run
+
+    def sweep(self, experiment: str = EXPERIMENT) -> tuple[object, list]:
+        """The one sweep's parent run and its child runs."""
+        runs = self.runs(experiment)
+        (parent,) = [run for run in runs if run.data.tags.get("sweep.role") == "parent"]
+        return parent, [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+
+    def versions(self, name: str = MODEL_NAME) -> list:
+        return self.client().search_model_versions(f"name='{name}'")
+
+
+def run_module(module: str, arguments: list[str], cwd: pathlib.Path, timeout: float = 600,
+               environment: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Runs `python -m <module> <arguments>` as a user would, from `cwd`, with `environment` added."""
+    return subprocess.run([sys.executable, "-m", module, *arguments], cwd=cwd, env=python_environment(environment),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_pipeline(arguments: list[str], cwd: pathlib.Path, timeout: float = 600,
+                 environment: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m pipeline <arguments>`, as run_module."""
+    return run_module("pipeline", arguments, cwd, timeout, environment)
+
+
+def python_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment with this checkout importable, for Python subprocesses."""
+    return os.environ | {"PYTHONPATH": str(REPO_ROOT), "HYDRA_FULL_ERROR": "1"} | (extra or {})
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports on 127.0.0.1 that were free a moment ago, for servers a test starts."""
+    sockets = [socket.socket() for _ in range(count)]
+    for open_socket in sockets:
+        open_socket.bind(("127.0.0.1", 0))
+    ports = [open_socket.getsockname()[1] for open_socket in sockets]
+    for open_socket in sockets:
+        open_socket.close()
+    return ports
+
+
+def wait_until_up(is_up, process: subprocess.Popen, name: str, timeout: float = 180) -> None:
+    """Waits until `is_up()` is true; fails early, with the server's last output, if `process` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = process.stderr.read() if process.stderr else ""
+            raise AssertionError(f"{name} exited: {output[-2000:] if output else ''}")
+        if is_up():
+            return
+        time.sleep(1)
+    raise AssertionError(f"{name} did not come up within {timeout} s")
+
+
+def sweep_arguments(store: Store, real_data: list[str]) -> list[str]:
+    """A short real-data job into `store`: what each launcher's sweep test runs."""
+    return [*real_data, "train.max_steps=100", *store.overrides, *QUICK_INFER]
+
+
+def assert_one_parent_with_children(store: Store, job_count: int) -> None:
+    """A FINISHED parent run, one FINISHED child per job with every metric, one version each: nothing lost."""
+    parent, children = store.sweep()
+    assert len(store.runs()) == job_count + 1 and len(children) == job_count and parent.info.status == "FINISHED"
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert CONTRACT_METRICS <= child.data.metrics.keys()
+        assert len(store.client().get_metric_history(child.info.run_id, "train/loss")) == 10
+    assert len(store.versions()) == job_count
+    assert len(store.client().list_artifacts(parent.info.run_id, "report")) == 6
+
+
+def tiny_datasets(count=256, batch_size=32) -> data.Datasets:
+    """Random images and labels: enough for the training loop's mechanics, nothing to learn."""
+    rng = np.random.default_rng(0)
+    split = data.Split(
+        images=rng.integers(0, 256, (count, 28, 28, 1), dtype=np.uint8),
+        labels=rng.integers(0, 10, count).astype(np.int64),
+    )
+    return data.Datasets(train=split, test=split, batch_size=batch_size,
+                         test_batches=data.make_batches(split, batch_size))
