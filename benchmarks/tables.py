@@ -22,13 +22,17 @@ def main(path: str) -> None:
         "pipeline": "{pipeline_examples_per_sec:,.0f}", "model.fit": "{fit_examples_per_sec:,.0f}",
         "ratio": "{speedup_vs_fit:.2f}x",
     }, results.get("training", []))
-    tuned = [row | {"fits": " / ".join(f"{value:,.0f}" for value in row["fit_by_steps_per_execution"].values()),
-                    "ours": " / ".join(f"{value:,.0f}" for value in row["pipeline_by_jit_compile"].values())}
-             for row in results.get("tuned_fit", [])]
-    print_table("Best tuned `model.fit` (XLA on, steps_per_execution swept) vs the pipeline's best mode, MLP float32", {
-        "batch": "{batch_size}", "fit by steps_per_execution (1 / 10 / 50 / 200)": "{fits}",
-        "pipeline by jit_compile (false / step / true)": "{ours}", "ratio": "{speedup_vs_tuned_fit:.2f}x",
-    }, tuned)
+    auto = [row | {"fixed": " / ".join(f"{row['fixed_examples_per_sec'].get(mode, 0):,.0f}"
+                                       if mode in row["fixed_examples_per_sec"] else "-"
+                                       for mode in ("false", "step", "true"))}
+            for row in results.get("auto", [])]
+    print_table("train.jit_compile=auto against every fixed mode and the best tuned `model.fit`, examples/s", {
+        "model": "{model}", "batch": "{batch_size}", "policy": "{policy}",
+        "fixed: false / step / true": "{fixed}", "auto's choice": "{chosen}", "auto": "{auto_examples_per_sec:,.0f}",
+        "share of best fixed": "{share_of_best_fixed:.0%}", "probe s (first / cached)":
+        "{probe_seconds_first:.2f} / {probe_seconds_cached:.3f}", "best tuned fit": "{tuned_fit_examples_per_sec:,.0f}",
+        "auto / tuned fit": "{speedup_vs_tuned_fit:.2f}x",
+    }, auto)
     roofline = results.get("roofline", {})
     peaks = ", ".join(f"{k} {v:.0f}" for k, v in roofline.get("matmul_gflops_per_sec", {}).items())
     print_table(f"Roofline: 2048x2048 matmul GFLOP/s: {peaks}", {

@@ -36,8 +36,10 @@ ServingPolicy = enum.StrEnum("ServingPolicy", ["same", *Policy])
 
 
 class JitCompile(enum.StrEnum):
-    """What XLA compiles: nothing, each optimizer step, or each whole multi-step call."""
+    """What XLA compiles: nothing, each optimizer step, or each whole multi-step call; auto: the
+    fastest of these for the job, measured (pipeline/stages/autojit.py)."""
 
+    auto = "auto"
     false = "false"
     step = "step"
     true = "true"
@@ -105,6 +107,7 @@ class TrainConfig:
     steps_per_call: int = MISSING
     log_every_steps: int = MISSING
     deterministic: bool = MISSING
+    jit_cache_file: str | None = MISSING
     checkpoint_every_steps: int | None = MISSING
     checkpoint_dir: str = MISSING
     resume: str | None = MISSING

@@ -23,7 +23,8 @@ def compose(tmp_path):
 
     def compose_in_tmp_path(overrides: list[str], config_name: str = "config", return_hydra_config: bool = False):
         if config_name == "config":
-            for key, folder in (("export.dir", "export"), ("train.checkpoint_dir", "checkpoints")):
+            for key, folder in (("export.dir", "export"), ("train.checkpoint_dir", "checkpoints"),
+                                ("train.jit_cache_file", "jit_compile.json")):
                 if not any(override.startswith(f"{key}=") for override in overrides):
                     overrides = [*overrides, f"{key}={tmp_path}/{folder}"]
         return config.compose(overrides, config_name, return_hydra_config)

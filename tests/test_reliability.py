@@ -26,7 +26,7 @@ from pipeline.tracking import store as store_lib
     (["stages=[evaluate]"], "stages=['evaluate'] is not a run of stages"),
     (["stages=[train,deploy]"], "stages=['train', 'deploy'] is not a run of stages"),
     (["data.name=cifar10"], "data.name='cifar10' is not a dataset"),
-    (["train.jit_compile=always"], "train.jit_compile='always' is not a mode; use false, step, true"),
+    (["train.jit_compile=always"], "train.jit_compile='always' is not a mode; use auto, false, step, true"),
 ])
 def test_out_of_range_or_conflicting_values_are_named(compose, overrides, message):
     with pytest.raises(config_lib.ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):

@@ -10,8 +10,8 @@ import pathlib
 from pipeline.analysis import plots
 
 COLUMNS = (
-    "run", "model", "policy", "batch_size", "learning_rate", "eval_accuracy", "delta_accuracy_vs_float32",
-    "train_examples_per_sec", "speedup_vs_float32", "step_time_ms", "peak_memory_mb",
+    "run", "model", "policy", "batch_size", "learning_rate", "jit_compile", "eval_accuracy",
+    "delta_accuracy_vs_float32", "train_examples_per_sec", "speedup_vs_float32", "step_time_ms", "peak_memory_mb",
     "infer_latency_ms_p50", "status",
 )
 _METRICS = {
@@ -101,11 +101,13 @@ def _row(job) -> dict:
         "policy": params.get("precision.policy", "?"),
         "batch_size": int(params.get("data.batch_size", 0)),
         "learning_rate": float(params.get("train.learning_rate", 0)),
+        # The mode the job trained in (auto's choice): speedups compare each policy at its own best.
+        "jit_compile": job.data.tags.get("train.jit_compile_chosen", params.get("train.jit_compile")),
         "status": job.info.status,
     }
     row.update({column: metrics.get(name) for column, name in _METRICS.items()})
     if job.info.status != "FINISHED":  # a half-finished job's figures would mislead
-        row.update({column: None for column in _METRICS})
+        row.update({column: None for column in _METRICS} | {"jit_compile": None})
     return row
 
 

@@ -46,7 +46,7 @@ def run_stages(config: DictConfig, run_id: str, sweep_id: str | None, checkpoint
     } | distribute.describe(strategy, config.distribute))
     datasets, trained = _build_and_train(config, strategy, checkpoint_dir, log_metric=runs.log_metric_history)
     runs.log_metrics(trained.metrics())
-    runs.set_tags({"train.peak_memory_source": trained.peak_memory_source})
+    runs.set_tags(trained.tags())
     result = JobResult(examples_per_sec=trained.examples_per_sec)
     if "evaluate" not in config.stages:
         return result

@@ -16,9 +16,9 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import PipelineError
-from pipeline.config import TrainConfig
+from pipeline.config import JitCompile, TrainConfig, jit_mode
 from pipeline.core import data, device, distribute
-from pipeline.stages import steps
+from pipeline.stages import autojit, steps
 
 # Receives a metric name and its (step, value) points; the entry point passes one that logs to
 # MLflow, tests pass a list's append or nothing.
@@ -44,6 +44,8 @@ class TrainResult:
     peak_memory_mb: float
     peak_memory_source: str
     warmup_seconds: float
+    warmup_calls: int  # calls that compiled a program (the first of each step count), kept out of step times
+    jit: autojit.Choice
     skipped_steps: int = 0
     loss_scale: float | None = None
 
@@ -61,12 +63,44 @@ class TrainResult:
         if self.loss_scale is not None:
             metrics["train/loss_scale"] = self.loss_scale
             metrics["train/skipped_steps"] = self.skipped_steps
-        return metrics
+        return metrics | self.jit.metrics()
+
+    def tags(self) -> dict[str, str]:
+        return {"train.peak_memory_source": self.peak_memory_source} | self.jit.tags()
 
 
 def epoch_order(example_count: int, seed: int, epoch: int) -> tf.Tensor:
     """The shuffled example order of one epoch: a function of seed and epoch alone, so resumable."""
     return tf.constant(np.random.default_rng([seed, epoch]).permutation(example_count).astype(np.int32))
+
+
+class BatchOrder:
+    """Which examples each optimizer step takes: epoch by epoch, each epoch's order batch by batch.
+
+    A call may run across the end of an epoch, so every call but the last takes steps_per_call
+    steps: each distinct step count is a separate compiled program.
+    """
+
+    def __init__(self, example_count: int, batch_size: int, batch_shape: tuple[int, ...], seed: int) -> None:
+        self.example_count, self.batch_size, self.batch_shape, self.seed = example_count, batch_size, batch_shape, seed
+        self.steps_per_epoch = example_count // batch_size
+        self._orders: dict[int, tf.Tensor] = {}
+
+    def indices(self, step: int, step_count: int) -> tf.Tensor:
+        """Example indices of steps step+1 .. step+step_count, shaped (step_count, *batch_shape)."""
+        pieces, first_step, remaining = [], step, step_count
+        while remaining:
+            epoch, first_batch = divmod(first_step, self.steps_per_epoch)
+            taken = min(remaining, self.steps_per_epoch - first_batch)
+            pieces.append(self._order(epoch)[first_batch * self.batch_size : (first_batch + taken) * self.batch_size])
+            first_step, remaining = first_step + taken, remaining - taken
+        return tf.reshape(tf.concat(pieces, axis=0), (step_count, *self.batch_shape))
+
+    def _order(self, epoch: int) -> tf.Tensor:
+        if epoch not in self._orders:
+            self._orders = {kept: order for kept, order in self._orders.items() if kept == epoch - 1}
+            self._orders[epoch] = epoch_order(self.example_count, self.seed, epoch)
+        return self._orders[epoch]
 
 
 def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig, policy: str,
@@ -87,42 +121,40 @@ def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig
             strategy); each of its replicas takes an equal share of the batch size.
     """
     optimizer = optimizer or steps.make_optimizer(policy, train_config.learning_rate)
+    if not optimizer.built:  # its state must exist before the jit probe saves and restores it
+        with distribute.scope(strategy):
+            optimizer.build(model.trainable_variables)
     batch_size = datasets.batch_size
-    steps_per_epoch = len(datasets.train.labels) // batch_size
-    total_steps = min(train_config.epochs * steps_per_epoch, train_config.max_steps or math.inf)
-    if strategy is None:
-        batch_shape = (batch_size,)
-        train_call = steps.make_call(model, optimizer, datasets.train, train_config.jit_compile)
-    else:
-        batch_shape = (strategy.num_replicas_in_sync, distribute.replica_batch_size(strategy, batch_size))
-        train_call = steps.make_distributed_call(model, optimizer, datasets.train, train_config.jit_compile, strategy)
-    call_seconds, call_steps, loss_points = [], [], []
-    step, loss_value, order_epoch, order = start_step, math.nan, None, None
+    order = BatchOrder(len(datasets.train.labels), batch_size, _batch_shape(strategy, batch_size), train_config.seed)
+    total_steps = min(train_config.epochs * order.steps_per_epoch, train_config.max_steps or math.inf)
+    choice = _choose_jit_mode(model, optimizer, datasets, train_config, policy, strategy, order, start_step)
+    train_call = choice.train_call or _build_call(model, optimizer, datasets, strategy, choice.mode)
+    compiled_step_counts = {choice.compiled_steps} if choice.train_call else set()
+    call_seconds, call_steps, warmup, loss_points = [], [], [], []
+    step, loss_value = start_step, math.nan
     last_flush = time.monotonic()
     device.reset_peak_memory()
     try:
         while step < total_steps:
-            epoch, first_batch = divmod(step, steps_per_epoch)
-            if epoch != order_epoch:
-                order, order_epoch = epoch_order(len(datasets.train.labels), train_config.seed, epoch), epoch
-            step_count = min(train_config.steps_per_call, steps_per_epoch - first_batch, total_steps - step,
+            step_count = min(train_config.steps_per_call, total_steps - step,
                              _steps_to_boundary(step, train_config.checkpoint_every_steps))
             started = time.perf_counter()
-            batch_indices = tf.reshape(order[first_batch * batch_size : (first_batch + step_count) * batch_size],
-                                       (step_count, *batch_shape))
-            losses = train_call(batch_indices).numpy()  # the call's one host sync
+            losses = train_call(order.indices(step, step_count)).numpy()  # the call's one host sync
             call_seconds.append(time.perf_counter() - started)
             call_steps.append(step_count)
+            # The first call of each step count compiles a program: warm-up, not step time.
+            warmup.append(step_count not in compiled_step_counts)
+            compiled_step_counts.add(step_count)
             loss_points += [(step + offset + 1, float(loss)) for offset, loss in enumerate(losses)
                             if (step + offset + 1) % train_config.log_every_steps == 0]
+            epoch_ended = (step + step_count) // order.steps_per_epoch > step // order.steps_per_epoch
             step += step_count
             loss_value = float(losses[-1])
             if not np.isfinite(losses).all():
                 bad_step = step - step_count + 1 + int(np.argmin(np.isfinite(losses)))
                 raise TrainingDivergedError(f"loss is {losses[~np.isfinite(losses)][0]} at step {bad_step}; "
                                             f"lower train.learning_rate (now {train_config.learning_rate})")
-            if log_metric and loss_points and (first_batch + step_count == steps_per_epoch
-                                               or time.monotonic() - last_flush > _FLUSH_SECONDS):
+            if log_metric and loss_points and (epoch_ended or time.monotonic() - last_flush > _FLUSH_SECONDS):
                 log_metric("train/loss", loss_points)  # batched: no per-step store round trips
                 loss_points, last_flush = [], time.monotonic()
             if on_steps_done:
@@ -132,18 +164,44 @@ def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig
             log_metric("train/loss", loss_points)
     if not call_seconds:
         raise ValueError("training ran no step; raise train.epochs or train.max_steps")
-    return _summarize(model, optimizer, step, loss_value, call_seconds, call_steps, batch_size)
+    return _summarize(model, optimizer, step, loss_value, call_seconds, call_steps, warmup, batch_size, choice)
+
+
+def _batch_shape(strategy, batch_size: int) -> tuple[int, ...]:
+    if strategy is None:
+        return (batch_size,)
+    return (strategy.num_replicas_in_sync, distribute.replica_batch_size(strategy, batch_size))
+
+
+def _build_call(model, optimizer, datasets: data.Datasets, strategy, mode: JitCompile):
+    if strategy is None:
+        return steps.make_call(model, optimizer, datasets.train, mode)
+    return steps.make_distributed_call(model, optimizer, datasets.train, mode, strategy)
+
+
+def _choose_jit_mode(model, optimizer, datasets, train_config: TrainConfig, policy: str, strategy,
+                     order: BatchOrder, start_step: int) -> autojit.Choice:
+    return autojit.choose(
+        jit_mode(train_config.jit_compile),
+        autojit.candidate_modes(model, strategy),
+        build_call=lambda mode: _build_call(model, optimizer, datasets, strategy, mode),
+        indices_for=lambda step_count: order.indices(start_step, step_count),
+        steps_per_call=train_config.steps_per_call,
+        variables=[*model.variables, *optimizer.variables],
+        cache_file=train_config.jit_cache_file,
+        key=autojit.cache_key(model, policy, order.batch_shape[-1], train_config.steps_per_call, strategy),
+    )
 
 
 def _steps_to_boundary(step: int, every: int | None) -> int:
     return every - step % every if every else math.inf
 
 
-def _summarize(model, optimizer, step, loss_value, call_seconds, call_steps, batch_size) -> TrainResult:
-    # The first call traces and compiles: reported as warm-up, kept out of the step times.
-    timed = slice(1, None) if len(call_seconds) > 1 else slice(None)
-    per_step_seconds = np.array(call_seconds[timed]) / np.array(call_steps[timed])
-    timed_seconds, timed_steps = sum(call_seconds[timed]), sum(call_steps[timed])
+def _summarize(model, optimizer, step, loss_value, call_seconds, call_steps, warmup, batch_size,
+               choice: autojit.Choice) -> TrainResult:
+    timed = [index for index, compiling in enumerate(warmup) if not compiling] or list(range(len(call_seconds)))
+    seconds, step_counts = np.array(call_seconds)[timed], np.array(call_steps)[timed]
+    per_step_seconds = seconds / step_counts
     peak_memory_mb, peak_memory_source = device.read_peak_memory_mb()
     loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
     return TrainResult(
@@ -153,10 +211,12 @@ def _summarize(model, optimizer, step, loss_value, call_seconds, call_steps, bat
         final_loss=loss_value,
         step_time_ms=float(np.median(per_step_seconds) * 1000),
         step_time_ms_p90=float(np.percentile(per_step_seconds, 90) * 1000),
-        examples_per_sec=float(timed_steps * batch_size / timed_seconds),
+        examples_per_sec=float(step_counts.sum() * batch_size / seconds.sum()),
         peak_memory_mb=peak_memory_mb,
         peak_memory_source=peak_memory_source,
-        warmup_seconds=float(call_seconds[0]),
+        warmup_seconds=float(sum(seconds for seconds, compiling in zip(call_seconds, warmup) if compiling)),
+        warmup_calls=sum(warmup),
+        jit=choice,
         skipped_steps=step - int(optimizer.iterations.numpy()) if loss_scaled else 0,
         loss_scale=float(optimizer.dynamic_scale.numpy()) if loss_scaled else None,
     )
