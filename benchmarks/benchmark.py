@@ -132,7 +132,7 @@ def section_auto(split, quick) -> list[dict]:
 
     Per model x policy x batch: each fixed mode and auto, run twice in turn and the faster run kept
     (the machine is shared); auto's first run probes on a fresh decision cache (a first job), its
-    second reads that cache (a later job). model.fit is tuned over XLA off/on and steps_per_execution.
+    later runs read that cache (later jobs). model.fit is tuned over XLA off/on and steps_per_execution.
     """
     rows = []
     steps = {("mlp", 32): 800, ("mlp", 256): 800, ("cnn", 32): 160, ("cnn", 256): 48}
@@ -143,7 +143,7 @@ def section_auto(split, quick) -> list[dict]:
             modes = [str(mode) for mode in autojit.candidate_modes(built, strategy=None)]
             cache_file = SCRATCH / f"jit-{model_name}-{policy}-{batch_size}.json"
             fixed, auto = {mode: [] for mode in modes}, []
-            for _ in range(2):
+            for _ in range(2 if quick else 3):
                 for mode in modes:
                     result = train_pipeline(split, model_name, policy, batch_size, count, mode)
                     fixed[mode].append(result.examples_per_sec)
@@ -216,6 +216,31 @@ def section_inference(split, quick) -> list[dict]:
                      "examples_per_sec_batch_1024": 1024 * 20 / large_seconds.sum()})
     for row in rows:
         print(_line(row), flush=True)
+    return rows
+
+
+def section_serving(split, quick) -> list[dict]:
+    """Would a serving-side choice pay? The exported SavedModel's `serve` as exported and wrapped in
+    XLA (tf.function(jit_compile=True)), per model and serving policy: batch-1 latency, batch-1024 throughput."""
+    rows = []
+    runs = 100 if quick else 300
+    single = [data.normalize(split.images[index : index + 1]) for index in range(runs)]
+    large = data.normalize(split.images[:1024])
+    for model_name in ("mlp", "cnn"):
+        for policy in ("float32", "mixed_bfloat16"):
+            composed = compose([*MODELS[model_name], f"export.dir={SCRATCH}/serving-{model_name}-{policy}"])
+            built = model.build_model(composed.model, policy, seed=0)
+            loaded = tf.saved_model.load(str(export.export(built, composed.export, composed.model, policy, 0)
+                                             .saved_model_dir))
+            callers = {"serve": loaded.serve, "serve under XLA": tf.function(loaded.serve, jit_compile=True)}
+            for how, call in callers.items():
+                latencies = infer.time_calls(call, single)
+                large_seconds = infer.time_calls(call, [large] * 20)
+                rows.append({"model": model_name, "policy": policy, "how": how,
+                             "latency_ms_p50": float(np.percentile(latencies, 50) * 1000),
+                             "latency_ms_p99": float(np.percentile(latencies, 99) * 1000),
+                             "examples_per_sec_batch_1024": 1024 * 20 / large_seconds.sum()})
+                print(_line(rows[-1]), flush=True)
     return rows
 
 
@@ -335,7 +360,7 @@ def section_ops(split, quick) -> list[dict]:
 
 SECTIONS = {"training": section_training, "auto": section_auto, "roofline": section_roofline,
             "inference": section_inference, "tracking": section_tracking_overhead, "startup": section_startup,
-            "http": section_http, "ops": section_ops}
+            "http": section_http, "ops": section_ops, "serving": section_serving}
 
 
 def _line(row: dict) -> str:

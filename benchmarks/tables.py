@@ -17,6 +17,10 @@ def print_table(title: str, columns: dict[str, str], rows: list[dict]) -> None:
 
 def main(path: str) -> None:
     results = json.load(open(path))
+    machine = results.get("machine", {})
+    print(f"Machine: {machine.get('device', {}).get('device.cpu', '?')}, {machine.get('cpus')} cores, TensorFlow "
+          f"{machine.get('tensorflow')}, reduced-precision CPU flags: "
+          f"{', '.join(machine.get('reduced_precision_cpu_flags', [])) or 'none'}")
     print_table("Training, examples/s (pipeline vs `model.fit`, XLA held equal: fit's XLA is per step)", {
         "model": "{model}", "batch": "{batch_size}", "policy": "{policy}", "jit_compile": "{jit_compile}",
         "pipeline": "{pipeline_examples_per_sec:,.0f}", "model.fit": "{fit_examples_per_sec:,.0f}",
@@ -43,6 +47,10 @@ def main(path: str) -> None:
         "how": "{how}", "p50 ms (batch 1)": "{latency_ms_p50:.3f}", "p99 ms (batch 1)": "{latency_ms_p99:.3f}",
         "examples/s (batch 1024)": "{examples_per_sec_batch_1024:,.0f}",
     }, results.get("inference", []))
+    print_table("Serving-side XLA: the exported SavedModel's `serve` as exported and under XLA", {
+        "model": "{model}", "serving policy": "{policy}", "how": "{how}", "p50 ms (batch 1)": "{latency_ms_p50:.3f}",
+        "p99 ms (batch 1)": "{latency_ms_p99:.3f}", "examples/s (batch 1024)": "{examples_per_sec_batch_1024:,.0f}",
+    }, results.get("serving", []))
     print_table("Where the CNN's reduced-precision time goes: forward+backward of its own ops, batch 256, ms", {
         "op": "{op}", "float32": "{float32_ms:.2f}", "float16": "{mixed_float16_ms:.2f}",
         "bfloat16": "{mixed_bfloat16_ms:.2f}", "float16/float32": "{float16_vs_float32:.1f}x",
