@@ -45,14 +45,14 @@ def compose(overrides: list[str]):
 
 
 def train_pipeline(split, model_name, policy, batch_size, steps, jit_compile, log_metric=None,
-                   cache_file=None) -> train.TrainResult:
+                   cache_file=None, progress=None) -> train.TrainResult:
     """The pipeline's loop; at least 8 calls, so the compiling calls are a small part left out."""
     composed = compose([*MODELS[model_name], f"train.max_steps={steps}", "train.epochs=1000",
                         f"train.jit_compile={jit_compile}", f"train.steps_per_call={max(1, min(50, steps // 8))}",
                         f"train.jit_cache_file={cache_file or 'null'}"])
     built = model.build_model(composed.model, policy, seed=0)
     datasets = data.Datasets(split, split, batch_size, None)
-    return train.train(built, datasets, composed.train, policy, log_metric=log_metric)
+    return train.train(built, datasets, composed.train, policy, log_metric=log_metric, progress=progress)
 
 
 def fit_examples_per_sec(split, model_name, policy, batch_size, steps, jit_compile, steps_per_execution=1):
@@ -236,7 +236,10 @@ def section_serving(split, quick) -> list[dict]:
             for how, call in callers.items():
                 latencies = infer.time_calls(call, single)
                 large_seconds = infer.time_calls(call, [large] * 20)
-                rows.append({"model": model_name, "policy": policy, "how": how,
+                started = time.perf_counter()  # a batch size not seen before: XLA compiles again
+                np.asarray(call(large[:7]))
+                new_batch_size_ms = (time.perf_counter() - started) * 1000
+                rows.append({"model": model_name, "policy": policy, "how": how, "new_batch_size_ms": new_batch_size_ms,
                              "latency_ms_p50": float(np.percentile(latencies, 50) * 1000),
                              "latency_ms_p99": float(np.percentile(latencies, 99) * 1000),
                              "examples_per_sec_batch_1024": 1024 * 20 / large_seconds.sum()})
@@ -245,25 +248,42 @@ def section_serving(split, quick) -> list[dict]:
 
 
 def section_tracking_overhead(split, quick) -> dict:
-    """The same training steps with and without train/loss going to a real SQLite store.
+    """The same training steps without and with train/loss going to a real SQLite store, and with live
+    progress on top (plain log lines, as off a terminal, and a tqdm bar, as on one).
 
-    The store and the run exist before the clock starts: the figure is the logging alone.
-    Runs alternate, three of each, and the medians are compared.
+    The store and the run exist before the clock starts; each figure is the whole train() call's wall
+    time (logging and progress happen between the timed calls, so per-call timings would miss them).
+    The variants alternate, five of each, and the medians are compared.
     """
+    import contextlib
+
     import mlflow
 
+    from pipeline import console
     from pipeline.tracking import runs
 
-    steps = 1000 if quick else 3000
-    seconds = {"without": [], "with": []}
-    with runs.start_run(compose([]).tracking, "bench-tracking", {}):
-        for _ in range(3):
-            for label, sink in (("without", None), ("with", runs.log_metric_history)):
-                result = train_pipeline(split, "mlp", "float32", 32, steps, "step", log_metric=sink)
-                seconds[label].append(result.steps * 32 / result.examples_per_sec)
+    steps = 4000 if quick else 20000
+    variants = {"without": (None, None), "logging": (runs.log_metric_history, None),
+                "logging + progress lines": (runs.log_metric_history, False),
+                "logging + progress bar": (runs.log_metric_history, True)}
+    seconds = {label: [] for label in variants}
+    with runs.start_run(compose([]).tracking, "bench-tracking", {}), open(os.devnull, "w") as devnull:
+        for _ in range(3 if quick else 5):
+            for label, (sink, interactive) in variants.items():
+                progress = None if interactive is None else console.Progress("bench", interactive=interactive)
+                with contextlib.redirect_stderr(devnull):  # the bar's drawing costs the same on a terminal
+                    started = time.perf_counter()
+                    train_pipeline(split, "mlp", "float32", 32, steps, "true", log_metric=sink, progress=progress)
+                    seconds[label].append(time.perf_counter() - started)
+                    if progress:
+                        progress.close()
     mlflow.set_tracking_uri(None)
-    without, with_logging = float(np.median(seconds["without"])), float(np.median(seconds["with"]))
-    row = {"seconds": seconds, "overhead_percent": 100 * (with_logging - without) / without}
+    medians = {label: float(np.median(values)) for label, values in seconds.items()}
+    row = {"seconds": seconds, "steps": steps,
+           "overhead_percent": {label: 100 * (median - medians["without"]) / medians["without"]
+                                for label, median in medians.items() if label != "without"},
+           "progress_overhead_percent": 100 * (medians["logging + progress lines"] - medians["logging"])
+           / medians["logging"]}
     print(_line(row), flush=True)
     return row
 

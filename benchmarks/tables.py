@@ -50,13 +50,19 @@ def main(path: str) -> None:
     print_table("Serving-side XLA: the exported SavedModel's `serve` as exported and under XLA", {
         "model": "{model}", "serving policy": "{policy}", "how": "{how}", "p50 ms (batch 1)": "{latency_ms_p50:.3f}",
         "p99 ms (batch 1)": "{latency_ms_p99:.3f}", "examples/s (batch 1024)": "{examples_per_sec_batch_1024:,.0f}",
+        "first call at a new batch size, ms": "{new_batch_size_ms:.1f}",
     }, results.get("serving", []))
     print_table("Where the CNN's reduced-precision time goes: forward+backward of its own ops, batch 256, ms", {
         "op": "{op}", "float32": "{float32_ms:.2f}", "float16": "{mixed_float16_ms:.2f}",
         "bfloat16": "{mixed_bfloat16_ms:.2f}", "float16/float32": "{float16_vs_float32:.1f}x",
         "bfloat16/float32": "{bfloat16_vs_float32:.1f}x",
     }, results.get("ops", []))
-    for key in ("tracking", "startup", "http"):
+    tracking = results.get("tracking")
+    if tracking and isinstance(tracking.get("overhead_percent"), dict):
+        print(f"\nTracking and progress overhead, {tracking['steps']:,} MLP steps, median wall time against none")
+        for label, percent in tracking["overhead_percent"].items():
+            print(f"- {label}: {percent:+.1f}%")
+    for key in ("startup", "http"):
         if results.get(key):
             print(f"\n{key}: {json.dumps(results[key])}")
 

@@ -10,9 +10,9 @@ import logging
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from pipeline import commands
+from pipeline import commands, console
 from pipeline import config as config_lib
 from pipeline.core import distribute
 
@@ -22,14 +22,31 @@ logger = logging.getLogger("pipeline")
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 @commands.reporting_errors
 def main(config: DictConfig) -> float | None:
-    """Runs one job; returns its eval accuracy (the objective of a hyperparameter search)."""
+    """Runs one job (`repeats` of them, seeds train.seed, +1, ...); returns the eval accuracy, the mean
+    over the repeats: the objective of a hyperparameter search."""
     hydra_config = HydraConfig.get()
     sweep_id = None
     if hydra_config.mode == RunMode.MULTIRUN:
         from pipeline.tracking import callbacks
 
         sweep_id = callbacks.sweep_id_of(hydra_config)
-    return run_job(config, list(hydra_config.overrides.task), sweep_id)
+    overrides = list(hydra_config.overrides.task)
+    if config.repeats <= 1:  # run_job's checks name a repeats below 1
+        return run_job(config, overrides, sweep_id)
+    accuracies = [run_job(seeded, [*overrides, f"train.seed={seeded.train.seed}"], sweep_id)
+                  for seeded in _repeats(config)]
+    accuracies = [accuracy for accuracy in accuracies if accuracy is not None]
+    return sum(accuracies) / len(accuracies) if accuracies else None
+
+
+def _repeats(config: DictConfig):
+    """The job's config once per seed, each with its own export and checkpoint folders."""
+    for offset in range(config.repeats):
+        seed = config.train.seed + offset
+        yield OmegaConf.merge(config, {
+            "train": {"seed": seed, "checkpoint_dir": f"{config.train.checkpoint_dir}/seed{seed}"},
+            "export": {"dir": f"{config.export.dir}/seed{seed}"},
+        })
 
 
 def run_job(config: DictConfig, overrides: list[str], sweep_id: str | None = None) -> float | None:
@@ -48,6 +65,7 @@ def run_job(config: DictConfig, overrides: list[str], sweep_id: str | None = Non
 
             runs.record_failed_run(config, run_name, _tags(config, sweep_id), error)
         raise
+    console.import_tensorflow()
     from pipeline.stages import run
 
     if not chief:
@@ -61,8 +79,12 @@ def run_job(config: DictConfig, overrides: list[str], sweep_id: str | None = Non
         if not config.train.resume:
             runs.log_config(config, overrides)
         checkpoint_dir = mlflow_run.data.tags["checkpoint.dir"]  # a resumed run keeps its first job's folder
-        result = run.run_stages(config, mlflow_run.info.run_id, sweep_id, checkpoint_dir)
-    logger.info("%s: %s", run_name, result.summary())
+        result = run.run_stages(config, run_name, mlflow_run.info.run_id, sweep_id, checkpoint_dir)
+    from pipeline.tracking import store
+
+    # A sweep's jobs get one line each; the sweep's summary at its end leads to the UI.
+    links = None if sweep_id else store.ui_links(config.tracking, mlflow_run.info.experiment_id, mlflow_run.info.run_id)
+    console.print_job_summary(result, links)
     return result.accuracy
 
 

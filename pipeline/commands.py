@@ -11,7 +11,7 @@ import logging
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from pipeline import PipelineError
+from pipeline import PipelineError, console
 
 logger = logging.getLogger("pipeline")
 
@@ -21,7 +21,9 @@ def reporting_errors(command):
 
     @functools.wraps(command)
     def run_command(config):
-        in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+        hydra_config = HydraConfig.get()
+        console.setup(verbose=bool(config.get("verbose")) or bool(hydra_config.verbose))
+        in_sweep = hydra_config.mode == RunMode.MULTIRUN
         try:
             return command(config)
         except Exception as error:

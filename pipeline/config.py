@@ -108,6 +108,7 @@ class TrainConfig:
     log_every_steps: int = MISSING
     deterministic: bool = MISSING
     jit_cache_file: str | None = MISSING
+    divergence_factor: float | None = MISSING
     checkpoint_every_steps: int | None = MISSING
     checkpoint_dir: str = MISSING
     resume: str | None = MISSING
@@ -140,22 +141,29 @@ class TrackingConfig:
     artifact_root: str | None = MISSING
     experiment: str = MISSING
     registered_model: str | None = MISSING
+    register_min_accuracy: float = MISSING
+    register_min_agreement: float = MISSING
+    system_metrics: bool = MISSING
+    system_metrics_interval: float = MISSING
 
 
 def register_schemas() -> None:
+    """Stores each schema at the root as schema_<name>; each group file extends it with
+    `- /schema_<name>@_here_`. Stored inside a group, a schema would be listed (and selectable) as one
+    of the group's options."""
     store = ConfigStore.instance()
-    for group, name, node in (
-        ("precision", "base_precision", PrecisionConfig),
-        ("data", "base_data", DataConfig),
-        ("model", "base_mlp", MlpConfig),
-        ("model", "base_cnn", CnnConfig),
-        ("train", "base_train", TrainConfig),
-        ("export", "base_export", ExportConfig),
-        ("infer", "base_infer", InferConfig),
-        ("distribute", "base_distribute", DistributeConfig),
-        ("tracking", "base_tracking", TrackingConfig),
+    for name, node in (
+        ("precision", PrecisionConfig),
+        ("data", DataConfig),
+        ("mlp", MlpConfig),
+        ("cnn", CnnConfig),
+        ("train", TrainConfig),
+        ("export", ExportConfig),
+        ("infer", InferConfig),
+        ("distribute", DistributeConfig),
+        ("tracking", TrackingConfig),
     ):
-        store.store(group=group, name=name, node=node)
+        store.store(name=f"schema_{name}", node=node)
 
 
 def compose(overrides: list[str], config_name: str = "config", return_hydra_config: bool = False) -> DictConfig:
@@ -191,7 +199,9 @@ def validate(config, in_sweep: bool = False) -> None:
     _require_positive(config, "data.batch_size", "train.epochs", "train.learning_rate", "train.steps_per_call",
                       "train.log_every_steps", "infer.latency_runs", "infer.throughput_batch_size",
                       "infer.throughput_runs")
-    for optional_key in ("max_steps", "checkpoint_every_steps"):
+    if config.get("repeats", 1) < 1:
+        raise ConfigError(f"repeats={config.repeats} must be positive")
+    for optional_key in ("max_steps", "checkpoint_every_steps", "divergence_factor"):
         if config.train[optional_key] is not None:
             _require_positive(config, f"train.{optional_key}")
     if config.data.name not in SPLIT_SIZES:
@@ -203,6 +213,10 @@ def validate(config, in_sweep: bool = False) -> None:
     if config.data.source == DataSource.idx and not config.data.idx_dir:
         raise ConfigError("data.source=idx needs data.idx_dir=<folder with the 4 IDX files>")
     jit_mode(config.train.jit_compile)
+    _require_positive(config, "tracking.system_metrics_interval")
+    for key in ("register_min_accuracy", "register_min_agreement"):
+        if not 0 <= config.tracking[key] <= 1:
+            raise ConfigError(f"tracking.{key}={config.tracking[key]} must be between 0 and 1")
     stages = list(config.stages)
     if not stages or stages != list(STAGES[: len(stages)]):
         raise ConfigError(f"stages={stages} is not a run of stages; use a prefix of [{', '.join(STAGES)}] "

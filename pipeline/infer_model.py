@@ -9,15 +9,19 @@ import hydra
 from omegaconf import DictConfig
 
 import pipeline.config  # noqa: F401  registers the schemas conf/ names
-from pipeline import commands
+from pipeline import commands, console
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="infer_model")
 @commands.reporting_errors
 def main(config: DictConfig) -> float:
+    from pipeline.tracking import models, runs, store
+
+    store.prepare(config.tracking)
+    models.resolve(config.model_uri)  # a wrong reference fails here, in seconds, before any run is opened
+    console.import_tensorflow()
     from pipeline.core import data
     from pipeline.stages import evaluate, infer
-    from pipeline.tracking import models, runs
 
     datasets = data.load_datasets(config.data)
     with runs.start_run(config.tracking, f"infer {config.model_uri}", {"source.model_uri": config.model_uri}):
@@ -25,7 +29,9 @@ def main(config: DictConfig) -> float:
         evaluated = evaluate.evaluate(reference_model, datasets)
         inferred = infer.infer(saved_model_dir, datasets.test, evaluated.logits, config.infer)
         runs.log_metrics(evaluated.metrics() | inferred.metrics())
-    for name, value in (evaluated.metrics() | inferred.metrics()).items():
+        runs.log_confusion_matrix(evaluated.confusion)
+    headline = {"eval/loss": evaluated.loss, "eval/accuracy": evaluated.accuracy} | inferred.metrics()
+    for name, value in headline.items():
         print(f"{name:24s} {value:.6g}")
     return inferred.accuracy
 

@@ -15,6 +15,7 @@ from pipeline import PipelineError, commands
 def main(config: DictConfig) -> None:
     from pipeline.analysis import champion
     from pipeline.tracking import registry, sweeps
+    from pipeline.tracking.store import NotFoundError
 
     name = config.tracking.registered_model
     if not name:
@@ -22,6 +23,12 @@ def main(config: DictConfig) -> None:
     parent_run = sweeps.require_sweep(config.tracking, config.sweep_id)
     sweep_id = parent_run.data.tags[sweeps.SWEEP_ID_TAG]
     candidates = registry.sweep_candidates(config.tracking, name, sweep_id, config.rule.metric)
+    if not candidates:
+        raise NotFoundError(f"tracking.registered_model={name} has no version registered by sweep {sweep_id}; "
+                            "check the name (the MLflow UI's Models page), or run the sweep with registration on")
+    if all(candidate.score is None for candidate in candidates):
+        raise NotFoundError(f"rule.metric={config.rule.metric} is not logged by the sweep's runs; "
+                            "use a logged metric such as infer/examples_per_sec or infer/latency_ms_p50")
     try:
         chosen, reason = champion.choose_champion(candidates, config.rule)
     except champion.NoChampionError as error:

@@ -121,7 +121,7 @@ def assert_one_parent_with_children(store: Store, job_count: int) -> None:
         assert CONTRACT_METRICS <= child.data.metrics.keys()
         assert len(store.client().get_metric_history(child.info.run_id, "train/loss")) == 10
     assert len(store.versions()) == job_count
-    assert len(store.client().list_artifacts(parent.info.run_id, "report")) == 6
+    assert len(store.client().list_artifacts(parent.info.run_id, "report")) == 7
 
 
 def tiny_datasets(count=256, batch_size=32) -> data.Datasets:

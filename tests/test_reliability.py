@@ -1,15 +1,20 @@
 """Bad input gets a clear one-line error and a non-zero exit; nothing is left RUNNING."""
 
+import contextlib
+import re
+import sqlite3
 import subprocess
 import sys
 import time
 
 import hydra.errors
+import numpy as np
 import omegaconf.errors
 import pytest
-from helpers import python_environment, run_pipeline
+from helpers import QUICK_INFER, free_ports, python_environment, run_pipeline
 
 from pipeline import config as config_lib
+from pipeline.stages import train
 from pipeline.tracking import store as store_lib
 
 
@@ -99,3 +104,85 @@ def test_diverging_run_fails_with_reason_and_registers_nothing(tmp_path, store, 
     assert error.startswith("TrainingDivergedError: loss is ")
     assert int(error.split(" at step ")[1].split(";")[0]) <= 20  # stopped within a few steps
     assert store.versions() == []
+
+
+def test_a_loss_that_explodes_but_stays_finite_stops_training():
+    check = train.DivergenceCheck(factor=10, learning_rate=3.0)
+    check.check(np.array([2.4, 2.1, 5.0, 20.0]), first_step=1)  # noisy, but under 10x the start
+    with pytest.raises(train.TrainingDivergedError, match=r"loss grew to 1e\+26 at step 7, over 10x its starting "
+                                                          r"level 2.4 \(train.divergence_factor\); lower train"):
+        check.check(np.array([20.0, 1e26]), first_step=6)
+    # A resumed, nearly converged run is held to chance level (ln 10), not to its own low loss.
+    resumed = train.DivergenceCheck(factor=10, learning_rate=1e-3)
+    resumed.check(np.array([0.05, 0.9, 3.0]), first_step=401)
+    assert resumed.start_loss == pytest.approx(np.log(10))
+    train.DivergenceCheck(factor=None, learning_rate=1.0).check(np.array([2.3, 1e30]), first_step=1)  # off
+
+
+@pytest.mark.e2e
+def test_an_exploding_but_finite_loss_fails_the_run_and_registers_nothing(tmp_path, store, real_data):
+    result = run_pipeline([*real_data, "train.learning_rate=3", "train.max_steps=300", "train.steps_per_call=10",
+                           *store.overrides], cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output
+    run = store.only_run()
+    assert run.info.status == "FAILED" and "train.divergence_factor" in run.data.tags["error"]
+    assert int(run.data.tags["error"].split(" at step ")[1].split(",")[0]) <= 100  # bounded, long before 300
+    assert store.versions() == []
+
+
+@pytest.mark.e2e
+def test_a_job_below_the_registration_gate_finishes_unregistered(tmp_path, store, real_data):
+    result = run_pipeline([*real_data, "train.max_steps=20", "tracking.register_min_accuracy=0.99", *QUICK_INFER,
+                           *store.overrides], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = store.only_run()
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["registry.skipped"].startswith("eval accuracy 0.")
+    assert "< tracking.register_min_accuracy=0.99" in run.data.tags["registry.skipped"]
+    assert "not registered: eval accuracy" in result.stdout + result.stderr
+    assert store.versions() == []
+
+
+@pytest.mark.e2e
+def test_a_database_with_no_server_fails_within_seconds_without_the_password(tmp_path, real_data):
+    (port,) = free_ports(1)
+    started = time.monotonic()
+    result = run_pipeline([*real_data, f"tracking.uri=postgresql+psycopg://mlflow:s3cret@127.0.0.1:{port}/mlflow"],
+                          cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert time.monotonic() - started < 10
+    assert result.returncode == 1 and "Traceback" not in output and "s3cret" not in output
+    errors = [line for line in output.splitlines() if "ERROR" in line]
+    assert len(errors) == 1
+    assert f"tracking.uri=postgresql+psycopg://mlflow:***@127.0.0.1:{port}/mlflow: the database server does not " \
+           "answer" in errors[0]
+
+
+@pytest.mark.parametrize("contents,message", [
+    (b"not a database at all, just text" * 10, "is not an SQLite database"),
+    (None, "is an SQLite database but not an MLflow store (its tables: notes)"),
+])
+def test_a_store_file_that_is_not_an_mlflow_database_is_named(compose, tmp_path, contents, message):
+    path = tmp_path / "store.db"
+    if contents is None:
+        with contextlib.closing(sqlite3.connect(path)) as database:
+            database.execute("create table notes (text)")
+            database.commit()
+    else:
+        path.write_bytes(contents)
+    with pytest.raises(store_lib.TrackingError, match=re.escape(f"tracking.uri=sqlite:///{path}: {path} {message}")):
+        store_lib.prepare(compose([f"tracking.uri=sqlite:///{path}"]).tracking)
+
+
+def test_schemas_are_not_choices(compose):
+    with pytest.raises(hydra.errors.MissingConfigException, match="Could not find 'precision/schema_precision'"):
+        compose(["precision=schema_precision"])
+
+
+@pytest.mark.e2e
+def test_help_lists_only_real_options(tmp_path):
+    result = run_pipeline(["--help"], cwd=tmp_path)
+    groups = result.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    assert "precision: float32, mixed_bfloat16, mixed_float16" in groups
+    assert "model: cnn, mlp" in groups and "schema" not in groups and "base_" not in groups

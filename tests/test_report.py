@@ -25,3 +25,86 @@ def test_report_compares_each_job_to_float32_at_its_batch_size_and_rate():
     assert by_run["c"]["speedup_vs_float32"] is None  # no float32 job at batch 128
     assert by_run["e"]["speedup_vs_float32"] is None  # no float32 job at that learning rate (a search's trial)
     assert by_run["d"]["speedup_vs_float32"] is None
+
+
+def job(policy, seed, accuracy, examples_per_sec, batch_size=64, status="FINISHED", class_accuracy=None):
+    return {"run": f"mlp-{policy}-bs{batch_size}", "model": "mlp", "policy": policy, "batch_size": batch_size,
+            "learning_rate": 0.001, "seed": str(seed), "jit_compile": "step", "status": status,
+            "eval_accuracy": accuracy, "train_examples_per_sec": examples_per_sec, "step_time_ms": 1.0,
+            "peak_memory_mb": 1000.0, "infer_latency_ms_p50": 0.2,
+            "class_accuracy": class_accuracy or [accuracy] * 10, "train_digest": "abc"}
+
+
+# Three seeds at batch 64 (float32 listed out of seed order: pairs must follow the seed, not the order),
+# one at batch 128, and at batch 256 a float32 job missing for seed 2.
+JOBS = [
+    job("float32", 2, 0.81, 900.0), job("float32", 0, 0.80, 1000.0), job("float32", 1, 0.82, 1100.0),
+    job("mixed_bfloat16", 0, 0.79, 1500.0), job("mixed_bfloat16", 1, 0.82, 1760.0),
+    job("mixed_bfloat16", 2, 0.80, 1260.0),
+    job("mixed_float16", 0, 0.70, 1000.0), job("mixed_float16", 1, 0.71, 1100.0), job("mixed_float16", 2, 0.72, 900.0),
+    job("float32", 0, 0.85, 2000.0, batch_size=128), job("mixed_bfloat16", 0, 0.86, 3000.0, batch_size=128),
+    job("float32", 0, 0.84, 2000.0, batch_size=256), job("float32", 1, 0.84, 2000.0, batch_size=256),
+    job("mixed_bfloat16", 0, 0.83, 2000.0, batch_size=256), job("mixed_bfloat16", 1, 0.85, 2000.0, batch_size=256),
+    job("mixed_bfloat16", 2, 0.99, 2000.0, batch_size=256),
+]
+
+
+def rows_by_configuration():
+    return {(row["policy"], row["batch_size"]): row for row in report.compare_to_float32(JOBS)}
+
+
+def test_repeats_are_one_row_with_mean_and_spread():
+    row = rows_by_configuration()[("float32", 64)]
+    assert row["n"] == 3 and row["run"] == "mlp-float32-bs64 x3"
+    assert row["eval_accuracy"] == pytest.approx(0.81) and row["eval_accuracy_std"] == pytest.approx(0.01)
+    assert row["train_examples_per_sec"] == pytest.approx(1000.0)
+    assert row["train_examples_per_sec_std"] == pytest.approx(100.0)
+
+
+def test_paired_differences_by_seed_with_student_t_intervals():
+    bfloat16 = rows_by_configuration()[("mixed_bfloat16", 64)]
+    # Paired by seed: -0.01, 0.00, -0.01; mean -0.00667, sd 0.00577, t(0.975, 2) = 4.303, half width 0.01434.
+    assert bfloat16["delta_accuracy_vs_float32"] == pytest.approx(-0.006667, abs=1e-6)
+    assert bfloat16["delta_accuracy_low"] == pytest.approx(-0.021009, abs=1e-6)
+    assert bfloat16["delta_accuracy_high"] == pytest.approx(0.007676, abs=1e-6)
+    assert bfloat16["accuracy_verdict"] == "no accuracy cost detected"
+    # Ratios 1.5, 1.6, 1.4: geometric mean 1.4978, interval exp(mean log +- 4.303 sem) = 1.2688..1.7680.
+    assert bfloat16["speedup_vs_float32"] == pytest.approx(1.497774, abs=1e-6)
+    assert (bfloat16["speedup_low"], bfloat16["speedup_high"]) == pytest.approx((1.268829, 1.768031), abs=1e-6)
+    float16 = rows_by_configuration()[("mixed_float16", 64)]
+    # -0.10, -0.11, -0.09: mean -0.1, interval -0.1248..-0.0752, all below zero.
+    assert (float16["delta_accuracy_low"], float16["delta_accuracy_high"]) == pytest.approx((-0.124841, -0.075159),
+                                                                                            abs=1e-6)
+    assert float16["accuracy_verdict"] == "costs accuracy"
+
+
+def test_one_seed_or_a_missing_partner():
+    single = rows_by_configuration()[("mixed_bfloat16", 128)]
+    assert single["n"] == 1 and single["delta_accuracy_vs_float32"] == pytest.approx(0.01)
+    assert single["delta_accuracy_low"] is None and single["accuracy_verdict"] == "not enough repeats"
+    assert single["speedup_vs_float32"] == 1.5 and single["speedup_low"] is None
+    # Seed 2 has no float32 partner: only seeds 0 and 1 pair (-0.01, +0.01; t(0.975, 1) = 12.706).
+    partial = rows_by_configuration()[("mixed_bfloat16", 256)]
+    assert partial["n"] == 3 and partial["delta_accuracy_vs_float32"] == pytest.approx(0.0, abs=1e-9)
+    assert (partial["delta_accuracy_low"], partial["delta_accuracy_high"]) == pytest.approx((-0.127062, 0.127062),
+                                                                                            abs=1e-6)
+
+
+def test_the_class_that_changes_most_is_named():
+    classes = [0.8] * 10
+    jobs = [job("float32", seed, 0.8, 1000.0, class_accuracy=classes) for seed in (0, 1)]
+    jobs += [job("mixed_bfloat16", seed, 0.8, 1000.0, class_accuracy=classes[:3] + [0.7 + 0.02 * seed] + classes[4:])
+             for seed in (0, 1)]
+    (row,) = [row for row in report.compare_to_float32(jobs) if row["policy"] == "mixed_bfloat16"]
+    assert row["most_changed_class"] == 3 and row["most_changed_class_delta"] == pytest.approx(-0.09)
+    assert report.cell(row, "most_changed_class") == "3: -0.0900 (-0.2171..+0.0371)"
+
+
+def test_summary_sentences_say_it_in_words():
+    sentences = report.summary_sentences(report.compare_to_float32(JOBS))
+    assert ("mixed_bfloat16 vs float32, mlp, batch 64, 3 seeds: accuracy -0.0067 (95% CI -0.0210..+0.0077): "
+            "no cost detected; 1.50x faster (1.27..1.77x)") in sentences
+    assert ("mixed_float16 vs float32, mlp, batch 64, 3 seeds: accuracy -0.1000 (95% CI -0.1248..-0.0752): "
+            "costs accuracy; 1.00x faster (1.00..1.00x)") in sentences
+    assert ("mixed_bfloat16 vs float32, mlp, batch 128, 1 seed: accuracy +0.0100: not enough repeats; 1.50x faster"
+            in sentences)

@@ -49,7 +49,7 @@ def test_sweep_is_one_parent_with_four_children_and_a_report(sweep):
     artifacts = {artifact.path for artifact in client.list_artifacts(parent.info.run_id, "report")}
     assert artifacts == {f"report/{name}" for name in (
         "report.md", "report.csv", "examples_per_sec_vs_batch_size.png", "peak_memory_vs_batch_size.png",
-        "accuracy_per_policy.png", "loss_curves.png")}
+        "accuracy_per_policy.png", "loss_curves.png", "per_class_delta.png")}
     table = open(client.download_artifacts(parent.info.run_id, "report/report.md")).read()
     assert table.count("| mlp |") == 4 and "| float32 | 64 |" in table and "1.00x" in table
 
@@ -176,3 +176,25 @@ def _post(port: int, payload: dict) -> tuple[int, dict]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"{}")
+
+
+@pytest.mark.parametrize("module,argument,message", [
+    ("pipeline.infer_model", "model_uri=models:/nope@champion", "Registered Model with name=nope not found"),
+    ("pipeline.infer_model", f"model_uri=models:/{MODEL_NAME}@nope", "alias nope not found"),
+    ("pipeline.infer_model", f"model_uri=models:/{MODEL_NAME}/99", "Model Version (name=mnist-classifier, version=99) "
+                                                                   "not found"),
+    ("pipeline.infer_model", "model_uri=runs:/0123456789abcdef0123456789abcdef/model", "Run with id=0123456789abcdef"),
+    ("pipeline.infer_model", "model_uri=runs:/{parent}/model", "check the name"),  # a run that logged no model
+    ("pipeline.promote", "sweep_id=/no/such/sweep", "no sweep found"),
+    ("pipeline.promote", "tracking.registered_model=nope", "tracking.registered_model=nope has no version registered"),
+    ("pipeline.promote", "rule.metric=infer/nope", "rule.metric=infer/nope is not logged by the sweep's runs"),
+    ("pipeline.report", "sweep_id=/no/such/sweep", "no sweep found"),
+])
+def test_every_wrong_reference_is_one_line_naming_it(sweep, module, argument, message):
+    parent, _ = sweep.sweep()
+    argument = argument.format(parent=parent.info.run_id)
+    result = run_module(module, [*sweep.overrides, argument], cwd=sweep.folder)
+    output = result.stdout + result.stderr
+    errors = [line for line in output.splitlines() if "ERROR" in line]
+    assert result.returncode == 1 and "Traceback" not in output, output[-2000:]
+    assert len(errors) == 1 and argument.split("=", 1)[1] in errors[0] and message in errors[0], errors

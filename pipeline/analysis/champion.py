@@ -1,13 +1,20 @@
 """The promotion rule: which of a sweep's registered versions becomes the champion, and why.
 
-Among the versions whose eval accuracy is within rule.accuracy_tolerance of the best float32 job
-and whose export parity (infer/agreement) is at least rule.min_agreement, take the best
-rule.metric (default: inference throughput).
+rule.accuracy_test=point: among the versions whose eval accuracy is within rule.accuracy_tolerance
+of the best float32 job and whose export parity (infer/agreement) is at least rule.min_agreement,
+take the best rule.metric (default: inference throughput).
+
+rule.accuracy_test=interval (for sweeps with seed repeats): a configuration (model, policy, batch
+size, learning rate) qualifies when the upper end of the 95 % interval of its accuracy change
+against float32, paired by seed, is above -rule.accuracy_tolerance, and all its versions pass the
+parity floor; the configuration with the best mean rule.metric wins, and its version with the
+highest eval accuracy becomes the champion.
 """
 
 import dataclasses
 
 from pipeline import PipelineError
+from pipeline.analysis import statistics
 
 
 @dataclasses.dataclass
@@ -20,6 +27,14 @@ class Candidate:
     accuracy: float | None
     agreement: float | None
     score: float | None
+    model: str = "?"
+    batch_size: int = 0
+    learning_rate: float = 0.0
+    seed: str | None = None
+
+    @property
+    def configuration(self) -> tuple:
+        return self.model, self.policy, self.batch_size, self.learning_rate
 
 
 class NoChampionError(PipelineError):
@@ -32,6 +47,8 @@ def choose_champion(candidates: list[Candidate], rule) -> tuple[Candidate, str]:
     Raises:
         NoChampionError: no float32 baseline, or no version passes both thresholds.
     """
+    if rule.get("accuracy_test", "point") == "interval":
+        return _choose_by_interval(candidates, rule)
     baselines = [candidate.accuracy for candidate in candidates
                  if candidate.policy == "float32" and candidate.accuracy is not None]
     if not baselines:
@@ -51,4 +68,43 @@ def choose_champion(candidates: list[Candidate], rule) -> tuple[Candidate, str]:
     direction = "highest" if rule.higher_is_better else "lowest"
     reason = (f"{direction} {rule.metric} ({best.score:.4g}) among {len(qualified)} of {len(candidates)} versions "
               f"with eval accuracy >= {floor:.4f} and infer/agreement >= {rule.min_agreement}")
+    return best, reason
+
+
+def _choose_by_interval(candidates: list[Candidate], rule) -> tuple[Candidate, str]:
+    configurations: dict[tuple, list[Candidate]] = {}
+    for candidate in candidates:
+        configurations.setdefault(candidate.configuration, []).append(candidate)
+    baselines = {(model, batch_size, learning_rate): {candidate.seed: candidate for candidate in members}
+                 for (model, policy, batch_size, learning_rate), members in configurations.items()
+                 if policy == "float32"}
+    if not baselines:
+        raise NoChampionError("the sweep registered no float32 version to compare accuracy against; "
+                              "include precision=float32 in the sweep")
+    qualified = []
+    for (model, policy, batch_size, learning_rate), members in configurations.items():
+        partners = baselines.get((model, batch_size, learning_rate), {})
+        delta = statistics.mean_interval(member.accuracy - partners[member.seed].accuracy for member in members
+                                         if member.seed in partners and member.accuracy is not None
+                                         and partners[member.seed].accuracy is not None)
+        passes_accuracy = policy == "float32" or (delta is not None and delta.has_interval
+                                                  and delta.high > -rule.accuracy_tolerance)
+        passes_parity = all(member.agreement is not None and member.agreement >= rule.min_agreement
+                            for member in members)
+        scores = [member.score for member in members if member.score is not None]
+        if passes_accuracy and passes_parity and scores:
+            qualified.append((sum(scores) / len(scores), members))
+    if not qualified:
+        raise NoChampionError(
+            f"no configuration has an accuracy interval against float32 whose upper end is above "
+            f"-{rule.accuracy_tolerance} (it needs 2 or more seeds: train.seed=0,1,2) and infer/agreement >= "
+            f"{rule.min_agreement}; relax rule.* or use rule.accuracy_test=point")
+    pick = max if rule.higher_is_better else min
+    mean_score, members = pick(qualified, key=lambda item: item[0])
+    best = max(members, key=lambda member: member.accuracy if member.accuracy is not None else -1.0)
+    direction = "highest" if rule.higher_is_better else "lowest"
+    reason = (f"{direction} mean {rule.metric} ({mean_score:.4g} over {len(members)} seeds) among {len(qualified)} "
+              f"of {len(configurations)} configurations whose accuracy change against float32 has a 95% interval "
+              f"reaching above -{rule.accuracy_tolerance}, infer/agreement >= {rule.min_agreement}; its version "
+              "with the highest eval accuracy")
     return best, reason

@@ -1,18 +1,25 @@
-"""A sweep's comparison: one row per job, ratios against float32, written as Markdown, CSV and plots.
+"""A sweep's comparison: one row per configuration (its seed repeats grouped), paired comparisons
+against float32 with 95 % intervals, verdicts in words; written as Markdown, CSV and plots.
 
 Works on finished MLflow runs handed to it (pipeline.tracking.sweeps reads them from the store).
+Statistics: pipeline/analysis/statistics.py.
 """
 
 import csv
 import dataclasses
 import pathlib
 
-from pipeline.analysis import plots
+from pipeline.analysis import plots, statistics
+from pipeline.core.data import NUM_CLASSES
 
+CONFIGURATION = ("model", "policy", "batch_size", "learning_rate")  # what a row is; seeds are its repeats
 COLUMNS = (
-    "run", "model", "policy", "batch_size", "learning_rate", "jit_compile", "eval_accuracy",
-    "delta_accuracy_vs_float32", "train_examples_per_sec", "speedup_vs_float32", "step_time_ms", "peak_memory_mb",
-    "infer_latency_ms_p50", "status",
+    "run", "model", "policy", "batch_size", "learning_rate", "jit_compile", "n", "eval_accuracy", "eval_accuracy_std",
+    "delta_accuracy_vs_float32", "delta_accuracy_low", "delta_accuracy_high", "accuracy_verdict",
+    "train_examples_per_sec", "train_examples_per_sec_std", "speedup_vs_float32", "speedup_low", "speedup_high",
+    "step_time_ms", "step_time_ms_std", "peak_memory_mb", "peak_memory_mb_std", "infer_latency_ms_p50",
+    "infer_latency_ms_p50_std", "most_changed_class", "most_changed_class_delta", "most_changed_class_low",
+    "most_changed_class_high", "status",
 )
 _METRICS = {
     "eval_accuracy": "eval/accuracy",
@@ -24,19 +31,21 @@ _METRICS = {
 _FORMATS = {
     "eval_accuracy": "{:.4f}", "delta_accuracy_vs_float32": "{:+.4f}", "train_examples_per_sec": "{:,.0f}",
     "speedup_vs_float32": "{:.2f}x", "step_time_ms": "{:.2f}", "peak_memory_mb": "{:,.0f}",
-    "infer_latency_ms_p50": "{:.3f}", "learning_rate": "{:.3g}",
+    "infer_latency_ms_p50": "{:.3f}", "learning_rate": "{:.3g}", "most_changed_class_delta": "{:+.4f}",
 }
 
 
 @dataclasses.dataclass
 class Report:
-    rows: list[dict]
+    jobs: list[dict]  # one per job
+    rows: list[dict]  # one per configuration
     markdown: str
     files: list[pathlib.Path]
+    warnings: list[str]
 
     @property
     def failed_runs(self) -> list[str]:
-        return [row["run"] for row in self.rows if row["status"] != "FINISHED"]
+        return [job["run"] for job in self.jobs if job["status"] != "FINISHED"]
 
 
 def make_report(jobs: list, loss_histories: dict[str, list[tuple[int, float]]], output_dir) -> Report:
@@ -47,68 +56,188 @@ def make_report(jobs: list, loss_histories: dict[str, list[tuple[int, float]]], 
         loss_histories: each job's train/loss points, by run id.
         output_dir: a folder for the files; created if missing.
     """
-    rows = compare_to_float32([_row(job) for job in jobs])
+    job_rows = [job_row(job) for job in jobs]
+    rows = compare_to_float32(job_rows)
+    digests = {job["train_digest"] for job in job_rows if job["train_digest"]}
+    warnings = [f"the jobs trained on {len(digests)} different datasets (digests {', '.join(sorted(digests))}): "
+                "their figures do not compare"] if len(digests) > 1 else []
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    markdown = to_markdown(rows)
+    markdown = "\n".join([*(f"**Warning**: {warning}\n" for warning in warnings), to_markdown(rows), "",
+                          *(f"- {sentence}" for sentence in summary_sentences(rows))])
     (output_dir / "report.md").write_text(markdown + "\n")
     with open(output_dir / "report.csv", "w", newline="") as csv_file:
-        writer = csv.DictWriter(csv_file, fieldnames=COLUMNS)
+        writer = csv.DictWriter(csv_file, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     names = [job.info.run_name for job in jobs]
-    # A search's trials share a name (model-policy-batch); their learning rate tells them apart.
+    # A search's trials and a configuration's repeats share a name; their rate and seed tell them apart.
     loss_curves = {
-        (job.info.run_name if names.count(job.info.run_name) == 1
-         else f"{job.info.run_name} lr={float(job.data.params.get('train.learning_rate', 0)):.3g}"):
-        loss_histories.get(job.info.run_id, [])
+        (job.info.run_name if names.count(job.info.run_name) == 1 else
+         f"{job.info.run_name} lr={float(job.data.params.get('train.learning_rate', 0)):.3g} "
+         f"seed={job.data.params.get('train.seed', '?')}"): loss_histories.get(job.info.run_id, [])
         for job in jobs
     }
     figures = plots.plot(rows, loss_curves, output_dir)
-    return Report(rows=rows, markdown=markdown, files=[output_dir / "report.md", output_dir / "report.csv", *figures])
+    return Report(jobs=job_rows, rows=rows, markdown=markdown, warnings=warnings,
+                  files=[output_dir / "report.md", output_dir / "report.csv", *figures])
 
 
-def compare_to_float32(rows: list[dict]) -> list[dict]:
-    """Adds accuracy difference and speedup against the float32 job of the same model, batch size and rate."""
-    baselines = {(row["model"], row["batch_size"], row["learning_rate"]): row for row in rows
-                 if row["policy"] == "float32" and row["status"] == "FINISHED"}
-    for row in rows:
-        baseline = baselines.get((row["model"], row["batch_size"], row["learning_rate"]), {})
-        row["delta_accuracy_vs_float32"] = _compare_or_none(row, baseline, "eval_accuracy", lambda a, b: a - b)
-        row["speedup_vs_float32"] = _compare_or_none(row, baseline, "train_examples_per_sec", lambda a, b: a / b)
-    return sorted(rows, key=lambda row: (row["model"], row["batch_size"], row["learning_rate"], row["policy"]))
-
-
-def to_markdown(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for row in rows:
-        lines.append("| " + " | ".join(_format(column, row[column]) for column in COLUMNS) + " |")
-    return "\n".join(lines)
-
-
-def _compare_or_none(row: dict, baseline: dict, key: str, compare):
-    # A job without the figure (failed, or a sweep with stages=[train]) has nothing to compare.
-    if row.get(key) is None or baseline.get(key) is None:
-        return None
-    return compare(row[key], baseline[key])
-
-
-def _row(job) -> dict:
-    params, metrics = job.data.params, job.data.metrics
+def job_row(job) -> dict:
+    """One job's settings and figures (None where it has none: failed, or a stage it did not run)."""
+    params, metrics, tags = job.data.params, job.data.metrics, job.data.tags
     row = {
         "run": job.info.run_name,
         "model": params.get("model.name", "?"),
         "policy": params.get("precision.policy", "?"),
         "batch_size": int(params.get("data.batch_size", 0)),
         "learning_rate": float(params.get("train.learning_rate", 0)),
+        "seed": params.get("train.seed"),
         # The mode the job trained in (auto's choice): speedups compare each policy at its own best.
-        "jit_compile": job.data.tags.get("train.jit_compile_chosen", params.get("train.jit_compile")),
+        "jit_compile": tags.get("train.jit_compile_chosen", params.get("train.jit_compile")),
         "status": job.info.status,
+        "class_accuracy": [metrics.get(f"eval/accuracy_class_{label}") for label in range(NUM_CLASSES)],
+        "train_digest": next((entry.dataset.digest for entry in getattr(job.inputs, "dataset_inputs", None) or []
+                              if any(tag.value == "training" for tag in entry.tags)), None),
     }
     row.update({column: metrics.get(name) for column, name in _METRICS.items()})
     if job.info.status != "FINISHED":  # a half-finished job's figures would mislead
-        row.update({column: None for column in _METRICS} | {"jit_compile": None})
+        row.update({column: None for column in _METRICS} | {"class_accuracy": [None] * NUM_CLASSES})
     return row
+
+
+def compare_to_float32(job_rows: list[dict]) -> list[dict]:
+    """Groups jobs that differ only in the seed into one row per configuration, and compares each with
+    float32 at the same model, batch size and rate, pairing its jobs with float32's by seed."""
+    groups: dict[tuple, list[dict]] = {}
+    for job in job_rows:
+        groups.setdefault((*(job[key] for key in CONFIGURATION), job["status"]), []).append(job)
+    def partner_key(key):  # the float32 configuration a configuration compares with
+        model, _, batch_size, learning_rate, _ = key
+        return model, batch_size, learning_rate
+
+    baselines = {partner_key(key): jobs for key, jobs in groups.items()
+                 if key[1] == "float32" and key[-1] == "FINISHED"}
+    rows = []
+    for key, jobs in groups.items():
+        baseline = {job.get("seed"): job for job in baselines.get(partner_key(key), [])}
+        pairs = [(job, baseline[job.get("seed")]) for job in jobs if job.get("seed") in baseline]
+        rows.append(_configuration_row(jobs, pairs))
+    return sorted(rows, key=lambda row: (row["model"], row["batch_size"], row["learning_rate"], row["policy"]))
+
+
+def _configuration_row(jobs: list[dict], pairs: list[tuple[dict, dict]]) -> dict:
+    first = jobs[0]
+    row = {key: first[key] for key in (*CONFIGURATION, "status")}
+    row["run"] = first["run"] if len(jobs) == 1 else f"{first['run']} x{len(jobs)}"
+    row["n"] = len(jobs)
+    row["jit_compile"] = "/".join(sorted({str(job["jit_compile"]) for job in jobs if job.get("jit_compile")})) or None
+    for column in _METRICS:
+        _put(row, column, column, statistics.mean_interval(job.get(column) for job in jobs))  # low/high: plots
+        row[f"{column}_std"] = statistics.standard_deviation(job.get(column) for job in jobs)
+    delta = statistics.mean_interval(_difference(job.get("eval_accuracy"), partner.get("eval_accuracy"))
+                                     for job, partner in pairs)
+    speedup = statistics.ratio_interval(_ratio(job.get("train_examples_per_sec"),
+                                               partner.get("train_examples_per_sec")) for job, partner in pairs)
+    _put(row, "delta_accuracy_vs_float32", "delta_accuracy", delta)
+    _put(row, "speedup_vs_float32", "speedup", speedup)
+    row["accuracy_verdict"] = statistics.accuracy_verdict(delta) if first["policy"] != "float32" else None
+    row["class_deltas"] = [statistics.mean_interval(_difference(_class_accuracy(job, label),
+                                                                _class_accuracy(partner, label))
+                                                    for job, partner in pairs) for label in range(NUM_CLASSES)]
+    changed = [(label, estimate) for label, estimate in enumerate(row["class_deltas"]) if estimate is not None]
+    if changed and first["policy"] != "float32":
+        label, estimate = max(changed, key=lambda item: abs(item[1].mean))
+        row["most_changed_class"] = label
+        _put(row, "most_changed_class_delta", "most_changed_class", estimate)
+    return row
+
+
+def _class_accuracy(job: dict, label: int) -> float | None:
+    return (job.get("class_accuracy") or [None] * NUM_CLASSES)[label]
+
+
+def _put(row: dict, column: str, prefix: str, estimate) -> None:
+    row[column] = estimate.mean if estimate else None
+    row[f"{prefix}_low"] = estimate.low if estimate else None
+    row[f"{prefix}_high"] = estimate.high if estimate else None
+
+
+def _difference(value, baseline):
+    return None if value is None or baseline is None else value - baseline
+
+
+def _ratio(value, baseline):
+    return None if value is None or not baseline else value / baseline
+
+
+def summary_sentences(rows: list[dict]) -> list[str]:
+    """One sentence per reduced-precision configuration with a float32 partner: accuracy and speed."""
+    sentences = []
+    for row in rows:
+        if row["policy"] == "float32" or row["delta_accuracy_vs_float32"] is None:
+            continue
+        seeds = f"{row['n']} seed{'s' if row['n'] > 1 else ''}"
+        accuracy = f"accuracy {row['delta_accuracy_vs_float32']:+.4f}"
+        if row["delta_accuracy_low"] is not None:
+            accuracy += f" (95% CI {row['delta_accuracy_low']:+.4f}..{row['delta_accuracy_high']:+.4f})"
+        verdict = row["accuracy_verdict"].replace("no accuracy cost detected", "no cost detected")
+        speed = ""
+        if row["speedup_vs_float32"] is not None:
+            speedup = row["speedup_vs_float32"]
+            speed = f"; {speedup:.2f}x faster" if speedup >= 1 else f"; {1 / speedup:.2f}x slower"
+            if row["speedup_low"] is not None:
+                speed += f" ({row['speedup_low']:.2f}..{row['speedup_high']:.2f}x)"
+        sentences.append(f"{row['policy']} vs float32, {row['model']}, batch {row['batch_size']}, {seeds}: "
+                         f"{accuracy}: {verdict}{speed}")
+    return sentences
+
+
+_MARKDOWN = ("run", "model", "policy", "batch_size", "learning_rate", "jit_compile", "n", "eval_accuracy",
+             "delta_accuracy_vs_float32", "accuracy_verdict", "train_examples_per_sec", "speedup_vs_float32",
+             "step_time_ms", "peak_memory_mb", "infer_latency_ms_p50", "most_changed_class", "status")
+
+
+def to_markdown(rows: list[dict]) -> str:
+    """The report's table: means ± standard deviations, and 95 % intervals in brackets, where seeds repeat."""
+    lines = ["| " + " | ".join(_MARKDOWN) + " |", "|" + "---|" * len(_MARKDOWN)]
+    for row in rows:
+        lines.append("| " + " | ".join(cell(row, column) for column in _MARKDOWN) + " |")
+    return "\n".join(lines)
+
+
+def cell(row: dict, column: str) -> str:
+    """A column of a row as the tables show it."""
+    text = _format(column, row.get(column))
+    if row.get(f"{column}_std") is not None:
+        text += f" ± {_format(column, row[f'{column}_std']).lstrip('+')}"
+    interval = {"delta_accuracy_vs_float32": "delta_accuracy", "speedup_vs_float32": "speedup"}.get(column)
+    if interval and row.get(f"{interval}_low") is not None:
+        text += f" ({_format(column, row[f'{interval}_low'])}..{_format(column, row[f'{interval}_high'])})"
+    if column == "most_changed_class" and row.get(column) is not None:
+        text = f"{row[column]}: {cell(row, 'most_changed_class_delta')}"
+        if row.get("most_changed_class_low") is not None:
+            text += (f" ({_format('most_changed_class_delta', row['most_changed_class_low'])}.."
+                     f"{_format('most_changed_class_delta', row['most_changed_class_high'])})")
+    return text
+
+
+def compact_table(rows: list[dict]) -> str:
+    """The terminal's table: the settings that differ between rows first, then the headline figures."""
+    settings = [column for column in CONFIGURATION if len({row[column] for row in rows}) > 1] or ["policy"]
+    columns = [*settings, "jit_compile"]
+    if any(row["n"] > 1 for row in rows):
+        columns.append("n")
+    columns += ["eval_accuracy", "delta_accuracy_vs_float32", "train_examples_per_sec", "speedup_vs_float32"]
+    if any(row["status"] != "FINISHED" for row in rows):
+        columns.append("status")
+    headers = {"batch_size": "batch", "learning_rate": "lr", "eval_accuracy": "accuracy",
+               "delta_accuracy_vs_float32": "Δacc vs float32", "train_examples_per_sec": "examples/s",
+               "speedup_vs_float32": "speedup", "jit_compile": "jit"}
+    cells = [[headers.get(column, column) for column in columns]]
+    cells += [[cell(row, column) for column in columns] for row in rows]
+    widths = [max(len(line[index]) for line in cells) for index in range(len(columns))]
+    return "\n".join("  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip() for line in cells)
 
 
 def _format(column: str, value) -> str:

@@ -2,6 +2,7 @@
 
 import dataclasses
 import gzip
+import hashlib
 import pathlib
 import socket
 import struct
@@ -47,16 +48,19 @@ class Datasets:
     test: Split
     batch_size: int
     test_batches: object  # tf.data.Dataset of (float32 images, int64 labels)
+    name: str = "unnamed"  # data.name
+    source: str = ""  # where the splits were read: the IDX folder, or TFDS's prepared <data_dir>/<name>/<version>
 
 
 def load_datasets(data_config: "DataConfig") -> Datasets:
     """Loads both splits from the configured source and checks the batch size fits."""
     if data_config.source == "tfds":
-        splits = _read_tfds(data_config.name, data_config.tfds_data_dir)
+        splits, source = _read_tfds(data_config.name, data_config.tfds_data_dir)
     elif data_config.source == "idx":
         if not data_config.idx_dir:
             raise DataError("data.idx_dir is not set; pass data.idx_dir=<folder with the 4 IDX files>")
         splits = {split: read_idx_split(data_config.idx_dir, split) for split in SPLIT_FILES}
+        source = str(pathlib.Path(data_config.idx_dir).resolve())
     else:
         raise DataError(f"data.source={data_config.source!r} is not a source; use tfds or idx")
     train, test = splits["train"], splits["test"]
@@ -70,7 +74,14 @@ def load_datasets(data_config: "DataConfig") -> Datasets:
         test=test,
         batch_size=data_config.batch_size,
         test_batches=make_batches(test, data_config.batch_size),
+        name=data_config.name,
+        source=source,
     )
+
+
+def digest(split: Split) -> str:
+    """A fingerprint of a split's images and labels: runs on different data never compare by mistake."""
+    return hashlib.sha256(split.images.tobytes() + split.labels.astype(np.int64).tobytes()).hexdigest()[:16]
 
 
 def make_batches(split: Split, batch_size: int):
@@ -138,7 +149,7 @@ def _find_idx_file(folder: pathlib.Path, stem: str) -> pathlib.Path:
     raise DataError(f"{folder}: missing {stem} (or {stem}.gz)")
 
 
-def _read_tfds(name: str, data_dir: str | None) -> dict[str, Split]:
+def _read_tfds(name: str, data_dir: str | None) -> tuple[dict[str, Split], str]:
     import tensorflow_datasets as tfds
 
     load_arguments = dict(split=list(SPLIT_FILES), data_dir=data_dir, as_supervised=True)
@@ -147,7 +158,8 @@ def _read_tfds(name: str, data_dir: str | None) -> dict[str, Split]:
     except AssertionError:  # TFDS's way of saying the dataset is not prepared in data_dir yet
         _check_downloadable(tfds.builder(name, data_dir=data_dir))
         arrays = tfds.load(name, **load_arguments)
-    return {split: _to_split(dataset) for split, dataset in zip(SPLIT_FILES, arrays)}
+    splits = {split: _to_split(dataset) for split, dataset in zip(SPLIT_FILES, arrays)}
+    return splits, str(tfds.builder(name, data_dir=data_dir).data_dir)  # <data_dir>/<name>/<version>
 
 
 def _to_split(dataset) -> Split:

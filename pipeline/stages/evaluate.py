@@ -1,4 +1,4 @@
-"""Evaluate stage: test-split loss and accuracy of the in-memory model, and its predictions."""
+"""Evaluate stage: test-split loss and accuracy of the in-memory model, per class too, and its predictions."""
 
 import dataclasses
 
@@ -16,9 +16,17 @@ class EvaluateResult:
     loss: float
     accuracy: float
     logits: np.ndarray
+    confusion: np.ndarray  # (true class, predicted class) counts, NUM_CLASSES x NUM_CLASSES
+
+    @property
+    def class_accuracy(self) -> list[float]:
+        """Each class's share of its test images predicted right (recall per class)."""
+        return [float(self.confusion[label, label] / max(self.confusion[label].sum(), 1))
+                for label in range(data.NUM_CLASSES)]
 
     def metrics(self) -> dict[str, float]:
-        return {"eval/loss": self.loss, "eval/accuracy": self.accuracy}
+        per_class = {f"eval/accuracy_class_{label}": value for label, value in enumerate(self.class_accuracy)}
+        return {"eval/loss": self.loss, "eval/accuracy": self.accuracy} | per_class
 
 
 def evaluate(model: keras.Model, datasets: data.Datasets) -> EvaluateResult:
@@ -27,5 +35,8 @@ def evaluate(model: keras.Model, datasets: data.Datasets) -> EvaluateResult:
     logits = np.concatenate([predict(images).numpy() for images, _ in datasets.test_batches])
     labels = datasets.test.labels
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, logits)
-    accuracy = float(np.mean(np.argmax(logits, axis=1) == labels))
-    return EvaluateResult(loss=float(loss), accuracy=accuracy, logits=logits)
+    predictions = np.argmax(logits, axis=1)
+    confusion = np.zeros((data.NUM_CLASSES, data.NUM_CLASSES), dtype=np.int64)
+    np.add.at(confusion, (labels, predictions), 1)
+    return EvaluateResult(loss=float(loss), accuracy=float(np.mean(predictions == labels)), logits=logits,
+                          confusion=confusion)

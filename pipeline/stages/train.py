@@ -23,11 +23,37 @@ from pipeline.stages import autojit, steps
 # Receives a metric name and its (step, value) points; the entry point passes one that logs to
 # MLflow, tests pass a list's append or nothing.
 MetricSink = Callable[[str, list[tuple[int, float]]], None]
+# Receives (step, total steps, epoch, loss, examples/s) after every compiled call: live progress.
+ProgressSink = Callable[[int, int, int, float, float], None]
 _FLUSH_SECONDS = 30  # longest a train/loss point waits before it is logged
 
 
 class TrainingDivergedError(PipelineError):
-    """The loss became NaN or infinite: no loss scaling explains an unscaled non-finite loss."""
+    """The loss became NaN or infinite (no loss scaling explains an unscaled non-finite loss), or grew
+    far past its starting level."""
+
+
+class DivergenceCheck:
+    """Stops a run whose loss is NaN or infinite, or has grown past train.divergence_factor times its
+    starting level: the first step's loss in this process, and at least chance (ln of the class count),
+    so a resumed, nearly converged run is not held to its own low level."""
+
+    def __init__(self, factor: float | None, learning_rate: float) -> None:
+        self.factor, self.learning_rate, self.start_loss = factor, learning_rate, None
+
+    def check(self, losses: np.ndarray, first_step: int) -> None:
+        """Raises TrainingDivergedError naming the step; `losses` are steps first_step, first_step+1, ..."""
+        if self.start_loss is None and np.isfinite(losses[0]):
+            self.start_loss = max(float(losses[0]), math.log(data.NUM_CLASSES))
+        fix = f"lower train.learning_rate (now {self.learning_rate})"
+        if not np.isfinite(losses).all():
+            bad = int(np.argmin(np.isfinite(losses)))
+            raise TrainingDivergedError(f"loss is {losses[bad]} at step {first_step + bad}; {fix}")
+        if self.factor and self.start_loss is not None and losses.max() > self.factor * self.start_loss:
+            bad = int(np.argmax(losses > self.factor * self.start_loss))
+            raise TrainingDivergedError(
+                f"loss grew to {losses[bad]:.3g} at step {first_step + bad}, over {self.factor:g}x its starting "
+                f"level {self.start_loss:.3g} (train.divergence_factor); {fix}")
 
 
 @dataclasses.dataclass
@@ -105,7 +131,8 @@ class BatchOrder:
 
 def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig, policy: str,
           log_metric: MetricSink | None = None, optimizer=None, start_step: int = 0,
-          on_steps_done: Callable[[int], None] | None = None, strategy=None) -> TrainResult:
+          on_steps_done: Callable[[int], None] | None = None, strategy=None,
+          progress: ProgressSink | None = None) -> TrainResult:
     """Trains for train.epochs passes, or train.max_steps optimizer steps if that comes first.
 
     Args:
@@ -119,6 +146,7 @@ def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig
         on_steps_done: called with the step count after every call (checkpointing).
         strategy: the tf.distribute strategy the model and optimizer were built under (None: no
             strategy); each of its replicas takes an equal share of the batch size.
+        progress: receives what the loop already knows after every call (no extra host sync).
     """
     optimizer = optimizer or steps.make_optimizer(policy, train_config.learning_rate)
     if not optimizer.built:  # its state must exist before the jit probe saves and restores it
@@ -133,6 +161,7 @@ def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig
     call_seconds, call_steps, warmup, loss_points = [], [], [], []
     step, loss_value = start_step, math.nan
     last_flush = time.monotonic()
+    divergence = DivergenceCheck(train_config.divergence_factor, train_config.learning_rate)
     device.reset_peak_memory()
     try:
         while step < total_steps:
@@ -150,15 +179,15 @@ def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig
             epoch_ended = (step + step_count) // order.steps_per_epoch > step // order.steps_per_epoch
             step += step_count
             loss_value = float(losses[-1])
-            if not np.isfinite(losses).all():
-                bad_step = step - step_count + 1 + int(np.argmin(np.isfinite(losses)))
-                raise TrainingDivergedError(f"loss is {losses[~np.isfinite(losses)][0]} at step {bad_step}; "
-                                            f"lower train.learning_rate (now {train_config.learning_rate})")
+            divergence.check(losses, first_step=step - step_count + 1)
             if log_metric and loss_points and (epoch_ended or time.monotonic() - last_flush > _FLUSH_SECONDS):
                 log_metric("train/loss", loss_points)  # batched: no per-step store round trips
                 loss_points, last_flush = [], time.monotonic()
             if on_steps_done:
                 on_steps_done(step)
+            if progress:
+                progress(step, total_steps, (step - 1) // order.steps_per_epoch, loss_value,
+                         step_count * batch_size / call_seconds[-1])
     finally:
         if log_metric and loss_points:  # at the end, and on Ctrl-C or an error: keep what was measured
             log_metric("train/loss", loss_points)

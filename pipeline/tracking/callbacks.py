@@ -32,6 +32,9 @@ class SweepTrackingCallback(Callback):
         self.tracking_config = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from pipeline import console
+
+        console.setup(verbose=bool(config.get("verbose")) or bool(config.hydra.verbose))
         from pipeline.tracking import sweeps
 
         self.tracking_config = config.tracking
@@ -45,7 +48,8 @@ class SweepTrackingCallback(Callback):
         atexit.register(self._end_if_open, "KILLED")
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from pipeline.tracking import sweeps
+        from pipeline import console
+        from pipeline.tracking import store, sweeps
 
         parent_run = sweeps.find_sweep(config.tracking, sweep_id_of(config.hydra))
         report_dir = os.path.join(config.hydra.sweep.dir, "report")
@@ -53,12 +57,12 @@ class SweepTrackingCallback(Callback):
         search_results = os.path.join(config.hydra.sweep.dir, "optimization_results.yaml")
         if os.path.exists(search_results):  # written by the Optuna sweeper (hparams_search=...)
             sweeps.log_search_result(config.tracking, self.parent_run_id, search_results)
-        logger.info("sweep report (also in %s and on MLflow run %s):\n%s", report_dir, self.parent_run_id,
-                    sweep_report.markdown)
+        console.print_sweep_summary(sweep_report, report_dir,
+                                    store.ui_links(config.tracking, parent_run.info.experiment_id))
         failed = sweep_report.failed_runs
         self._end_if_open("FAILED" if failed else "FINISHED")
         if failed:
-            raise SystemExit(f"{len(failed)} of {len(sweep_report.rows)} jobs failed: {', '.join(failed)}; "
+            raise SystemExit(f"{len(failed)} of {len(sweep_report.jobs)} jobs failed: {', '.join(failed)}; "
                              "the others finished, see the report")
 
     def _end_if_open(self, status: str) -> None:

@@ -6,6 +6,7 @@ import mlflow
 
 import pipeline
 from pipeline.tracking import serving
+from pipeline.tracking.store import NotFoundError
 
 
 def log_model(model, saved_model_dir, input_example) -> str:
@@ -44,13 +45,39 @@ def log_model(model, saved_model_dir, input_example) -> str:
     return served.model_uri
 
 
+def resolve(model_uri: str) -> str:
+    """The run that logged the model `model_uri` names (models:/<name>@<alias>, models:/<name>/<version>,
+    runs:/<run id>/model), in the current store.
+
+    Raises:
+        NotFoundError: no such registered model, alias, version, run or logged model.
+    """
+    try:
+        return mlflow.models.get_model_info(model_uri).run_id
+    except (mlflow.exceptions.MlflowException, OSError) as error:
+        raise NotFoundError(f"model_uri={model_uri}: {_first_line(error)}; check the name, @alias or /version "
+                            "(the MLflow UI's Models page lists them), or the run id") from None
+
+
 def load_logged_model(model_uri: str):
     """The Keras model logged beside `model_uri` and a local copy of the SavedModel it serves.
 
     The Keras model loads in Keras's safe mode (MLflow's default), which refuses to run code
     (Lambda layers) stored in a model file.
+
+    Raises:
+        NotFoundError: as resolve, or the run holds no keras_model (a model this pipeline did not log).
     """
-    run_id = mlflow.models.get_model_info(model_uri).run_id
-    keras_model = mlflow.tensorflow.load_model(f"runs:/{run_id}/keras_model")
-    saved_model_dir = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="serving_saved_model")
+    run_id = resolve(model_uri)
+    try:
+        keras_model = mlflow.tensorflow.load_model(f"runs:/{run_id}/keras_model")
+        saved_model_dir = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="serving_saved_model")
+    except (mlflow.exceptions.MlflowException, OSError) as error:
+        raise NotFoundError(f"model_uri={model_uri}: its run {run_id} holds no keras_model or serving_saved_model "
+                            f"({_first_line(error)}); point model_uri at a model this pipeline logged") from None
     return keras_model, saved_model_dir
+
+
+def _first_line(error: BaseException) -> str:
+    message = getattr(error, "message", None) or str(error)
+    return message.strip().splitlines()[0] if message.strip() else type(error).__name__

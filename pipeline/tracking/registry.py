@@ -4,6 +4,7 @@ import json
 
 import mlflow
 
+from pipeline import console
 from pipeline.analysis.champion import Candidate
 from pipeline.config import TrackingConfig
 from pipeline.tracking import store
@@ -11,9 +12,23 @@ from pipeline.tracking import store
 
 def register(model_uri: str, name: str, tags: dict[str, str], description: str) -> str:
     """Registers `model_uri` as a new version of `name` in the current store; returns the version."""
-    version = mlflow.register_model(model_uri, name, tags=tags)
+    with console.without_mlflow_prints():
+        version = mlflow.register_model(model_uri, name, tags=tags)
     store.client().update_model_version(name, version.version, description=description)
     return version.version
+
+
+def gate(tracking_config: TrackingConfig, accuracy: float, agreement: float) -> str | None:
+    """Why a job's model must not be registered (below a floor), or None when it may be."""
+    if not tracking_config.registered_model:
+        return None
+    if accuracy < tracking_config.register_min_accuracy:
+        return (f"eval accuracy {accuracy:.4f} < tracking.register_min_accuracy="
+                f"{tracking_config.register_min_accuracy}")
+    if agreement < tracking_config.register_min_agreement:
+        return (f"export parity infer/agreement {agreement:.4f} < tracking.register_min_agreement="
+                f"{tracking_config.register_min_agreement}")
+    return None
 
 
 def sweep_candidates(tracking_config: TrackingConfig, name: str, sweep_id: str, metric: str) -> list[Candidate]:
@@ -32,6 +47,10 @@ def sweep_candidates(tracking_config: TrackingConfig, name: str, sweep_id: str, 
             accuracy=metrics.get("eval/accuracy"),
             agreement=metrics.get("infer/agreement"),
             score=metrics.get(metric),
+            model=run.data.params.get("model.name", "?"),
+            batch_size=int(run.data.params.get("data.batch_size", 0)),
+            learning_rate=float(run.data.params.get("train.learning_rate", 0)),
+            seed=run.data.params.get("train.seed"),
         ))
     return sorted(candidates, key=lambda candidate: int(candidate.version))
 

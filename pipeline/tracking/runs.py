@@ -4,13 +4,14 @@ import contextlib
 import signal
 import threading
 import time
+import warnings
 
 import mlflow
 from mlflow.entities import Metric, Param, RunStatus
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import TrackingConfig
-from pipeline.tracking import store
+from pipeline.tracking import liveness, store
 from pipeline.tracking.store import TrackingError
 
 _LOG_BATCH_LIMIT = 1000  # metrics per log_batch call, MLflow's own cap
@@ -31,11 +32,16 @@ def start_run(tracking_config: TrackingConfig, run_name: str, tags: dict[str, st
         TrackingError: the run to resume does not exist or already finished.
     """
     experiment_id = store.prepare(tracking_config)
+    if tracking_config.system_metrics:
+        mlflow.set_system_metrics_sampling_interval(tracking_config.system_metrics_interval)
+        mlflow.set_system_metrics_samples_before_logging(1)
     if resume_run_id:
-        run = _reopen(resume_run_id)
+        run = _reopen(resume_run_id, tracking_config.system_metrics)
+        mlflow.set_tags(liveness.process_tags())  # the process that runs it now
     else:
-        tags = tags | {"version.mlflow": mlflow.__version__}
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
+        tags = tags | {"version.mlflow": mlflow.__version__} | liveness.process_tags()
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags,
+                               log_system_metrics=tracking_config.system_metrics)
     restore_sigterm = _raise_on_sigterm()
     try:
         yield run
@@ -52,14 +58,14 @@ def start_run(tracking_config: TrackingConfig, run_name: str, tags: dict[str, st
         restore_sigterm()
 
 
-def _reopen(run_id: str):
+def _reopen(run_id: str, system_metrics: bool):
     try:
         previous = store.client().get_run(run_id)
     except mlflow.exceptions.MlflowException as error:
         raise TrackingError(f"train.resume={run_id}: no such run in {mlflow.get_tracking_uri()}") from error
     if previous.info.status == "FINISHED":
         raise TrackingError(f"train.resume={run_id}: that run already FINISHED; nothing to resume")
-    mlflow.start_run(run_id=run_id)
+    mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
     return mlflow.get_run(run_id)
 
 
@@ -79,6 +85,38 @@ def log_config(config: DictConfig, overrides: list[str]) -> None:
     mlflow.log_params(_config_params(resolved))
     mlflow.log_dict(resolved, "config/config.yaml")
     mlflow.log_dict({"overrides": list(overrides)}, "config/overrides.yaml")
+
+
+def log_datasets(datasets) -> None:
+    """The job's splits as MLflow dataset inputs (name, source, digest; context training or testing), so
+    the UI's Dataset column says what each run trained on."""
+    import mlflow.data
+
+    from pipeline.core import data
+
+    for context, split_name, split in (("training", "train", datasets.train), ("testing", "test", datasets.test)):
+        with warnings.catch_warnings():
+            # MLflow registers its local-path source twice and warns that a path matches both; either is right.
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            dataset = mlflow.data.from_numpy(split.images, targets=split.labels, source=datasets.source or None,
+                                             name=f"{datasets.name}-{split_name}", digest=data.digest(split))
+        mlflow.log_input(dataset, context=context)
+
+
+def log_confusion_matrix(confusion) -> None:
+    """The evaluate stage's confusion matrix, as eval/confusion_matrix.json and .png on the run."""
+    import json
+    import pathlib
+    import tempfile
+
+    from pipeline.analysis import plots
+
+    with tempfile.TemporaryDirectory(prefix="confusion-") as folder:
+        folder = pathlib.Path(folder)
+        (folder / "confusion_matrix.json").write_text(json.dumps(
+            {"rows": "true class", "columns": "predicted class", "counts": confusion.tolist()}))
+        plots.plot_confusion_matrix(confusion, folder / "confusion_matrix.png")
+        mlflow.log_artifacts(str(folder), "eval")
 
 
 def log_metric_history(name: str, points: list[tuple[int, float]]) -> None:

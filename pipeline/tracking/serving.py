@@ -45,7 +45,9 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
 
         self._loaded = tf.saved_model.load(context.artifacts["saved_model"])  # a graph: no Python code runs
 
-    def predict(self, context, model_input, params=None) -> np.ndarray:
+    # np.ndarray: a type hint MLflow accepts without inferring a schema from it; validate_images checks
+    # the input (without a hint, MLflow warns at every import that it wants one).
+    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
         return self._loaded.serve(validate_images(model_input)).numpy()
 
 

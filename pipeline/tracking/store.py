@@ -1,7 +1,10 @@
 """The MLflow store: created once with its experiment, checked before any training, and its clients."""
 
+import contextlib
 import functools
 import pathlib
+import socket
+import sqlite3
 import urllib.error
 import urllib.request
 
@@ -9,6 +12,7 @@ import mlflow
 
 from pipeline import PipelineError
 from pipeline.config import TrackingConfig
+from pipeline.tracking import liveness
 
 # MLflow 3's UI opens experiments of this kind on their training runs, not the GenAI overview.
 _EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
@@ -16,6 +20,10 @@ _EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 class TrackingError(PipelineError):
     """The tracking store cannot be reached or written."""
+
+
+class NotFoundError(PipelineError):
+    """A run, sweep, registered model, alias or version that a command was pointed at is not in the store."""
 
 
 def prepare(tracking_config: TrackingConfig) -> str:
@@ -26,21 +34,20 @@ def prepare(tracking_config: TrackingConfig) -> str:
 
     Called once before a sweep's jobs start (hydra callback), since two processes creating a
     fresh SQLite store at once race in its schema migration; each job calls it again, cheaply.
+    Every call also ends the runs of processes on this host that were killed hard (liveness.py).
     """
     uri = str(tracking_config.uri)
     if uri.startswith(("http://", "https://")):
         _check_server(uri)
     elif uri.startswith("sqlite:///"):
-        folder = pathlib.Path(uri.removeprefix("sqlite:///")).parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise TrackingError(f"tracking.uri={uri}: cannot create {folder} ({error.strerror}); "
-                                "point tracking.uri at a writable folder") from error
+        _check_sqlite(uri)
+    elif "://" in uri and not uri.startswith("file:"):
+        _check_database(uri)
     mlflow.set_tracking_uri(uri)
     store = client(uri)
     experiment = store.get_experiment_by_name(tracking_config.experiment)
     if experiment is not None:
+        liveness.end_runs_of_dead_processes(store, experiment.experiment_id)
         return experiment.experiment_id
     artifact_location = None
     if tracking_config.artifact_root and not uri.startswith(("http://", "https://")):
@@ -53,6 +60,21 @@ def prepare(tracking_config: TrackingConfig) -> str:
         return store.get_experiment_by_name(tracking_config.experiment).experiment_id
 
 
+def ui_links(tracking_config: TrackingConfig, experiment_id: str, run_id: str | None = None) -> tuple[str, str | None]:
+    """The MLflow UI's page for a run, or for the experiment's runs in the Model-training view, and the
+    command that serves the UI for a local store (None for a tracking server, which serves it itself).
+
+    MLflow 3's UI picks its Model-training or GenAI view from the URL's workflowType (or the
+    browser's last choice); it does not read the experiment's kind.
+    """
+    uri = str(tracking_config.uri)
+    served = uri.startswith(("http://", "https://"))
+    base = uri.rstrip("/") if served else "http://127.0.0.1:5000"
+    page = f"runs/{run_id}" if run_id else "runs"
+    url = f"{base}/#/experiments/{experiment_id}/{page}?workflowType=machine_learning"
+    return url, None if served else f"mlflow ui --backend-store-uri {uri}"
+
+
 def client(uri: str | None = None) -> mlflow.MlflowClient:
     """The client of the store at `uri` (None: MLflow's current URI, which `prepare` sets)."""
     return _client(uri or mlflow.get_tracking_uri())
@@ -61,6 +83,60 @@ def client(uri: str | None = None) -> mlflow.MlflowClient:
 @functools.cache
 def _client(uri: str) -> mlflow.MlflowClient:
     return mlflow.MlflowClient(uri)
+
+
+def _check_sqlite(uri: str) -> None:
+    """The store's folder can be created; an existing file is an SQLite database holding an MLflow store."""
+    path = pathlib.Path(uri.removeprefix("sqlite:///"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TrackingError(f"tracking.uri={uri}: cannot create {path.parent} ({error.strerror}); "
+                            "point tracking.uri at a writable folder") from error
+    if not path.is_file() or path.stat().st_size == 0:
+        return  # MLflow creates it
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as database:
+            tables = {name for (name,) in database.execute("select name from sqlite_master where type='table'")}
+    except sqlite3.DatabaseError as error:
+        raise TrackingError(f"tracking.uri={uri}: {path} is not an SQLite database ({error}); point tracking.uri "
+                            "at an MLflow store, or at a new file") from None
+    if tables and not {"experiments", "runs"} <= tables:
+        raise TrackingError(f"tracking.uri={uri}: {path} is an SQLite database but not an MLflow store (its "
+                            f"tables: {', '.join(sorted(tables)[:5])}); point tracking.uri at an MLflow store, "
+                            "or at a new file")
+
+
+def _check_database(uri: str, timeout_s: float = 5.0) -> None:
+    """Fails in seconds, naming the URI without its password, when the database server does not answer
+    or refuses the connection; MLflow's own engine retries for minutes."""
+    import sqlalchemy
+
+    try:
+        url = sqlalchemy.engine.make_url(uri)
+    except sqlalchemy.exc.ArgumentError as error:
+        raise TrackingError(f"tracking.uri={uri} is not a store URI ({error}); use sqlite:///<path>, "
+                            "http(s)://host:port or a database URI such as postgresql+psycopg://...") from None
+    shown = url.render_as_string(hide_password=True)
+    port = url.port or _DEFAULT_PORTS.get(url.get_backend_name())
+    if url.host and port:
+        try:
+            socket.create_connection((url.host, port), timeout=timeout_s).close()
+        except OSError as error:
+            raise TrackingError(f"tracking.uri={shown}: the database server does not answer ({error}); start it, "
+                                "or check host and port") from None
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args=_TIMEOUT_ARGUMENTS.get(url.get_backend_name(), {}))
+        with engine.connect():
+            pass
+    except Exception as error:  # the driver's own error types: wrong user or password, no such database, no driver
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        raise TrackingError(f"tracking.uri={shown}: cannot connect ({reason}); check the user, password, database "
+                            "name and driver (pip install -e '.[server]' for PostgreSQL)") from None
+
+
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+_TIMEOUT_ARGUMENTS = {"postgresql": {"connect_timeout": 5}, "mysql": {"connect_timeout": 5}}
 
 
 def _check_server(uri: str, timeout_s: float = 5.0) -> None:

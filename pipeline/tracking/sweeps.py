@@ -4,10 +4,9 @@ import pathlib
 
 from omegaconf import OmegaConf
 
-from pipeline import PipelineError
 from pipeline.analysis import report
 from pipeline.config import TrackingConfig
-from pipeline.tracking import store
+from pipeline.tracking import liveness, store
 
 SWEEP_ID_TAG = "sweep.id"
 SWEEP_ROLE_TAG = "sweep.role"
@@ -18,6 +17,7 @@ def start_sweep(tracking_config: TrackingConfig, sweep_id: str, sweep_overrides:
     """Creates a sweep's parent run (left RUNNING until end_sweep) and returns its id."""
     experiment_id = store.prepare(tracking_config)
     tags = {SWEEP_ID_TAG: sweep_id, SWEEP_ROLE_TAG: "parent", "sweep.overrides": " ".join(sweep_overrides)}
+    tags |= liveness.process_tags()  # the launcher's process: if it is killed hard, the parent is ended KILLED
     run = store.client(tracking_config.uri).create_run(experiment_id, run_name=f"sweep-{pathlib.Path(sweep_id).name}",
                                                        tags=tags)
     return run.info.run_id
@@ -38,12 +38,12 @@ def require_sweep(tracking_config: TrackingConfig, sweep_id: str | None):
     """find_sweep, for commands that need one.
 
     Raises:
-        PipelineError: there is no such sweep in the store.
+        NotFoundError: there is no such sweep in the store.
     """
     parent_run = find_sweep(tracking_config, sweep_id)
     if parent_run is None:
         which = f"sweep_id={sweep_id}" if sweep_id else "any sweep"
-        raise PipelineError(f"no sweep found in {tracking_config.uri} ({which}); run one with -m first, "
+        raise store.NotFoundError(f"no sweep found in {tracking_config.uri} ({which}); run one with -m first, "
                             "or check tracking.uri and sweep_id")
     return parent_run
 
