@@ -1,13 +1,20 @@
-"""Scaling figures, side by side in one run: the same sweep per launcher, training on 1 vs 2 workers.
+"""Scaling figures, side by side in one run: launchers, 1 vs 2 workers, memory and overhead per job
+across a long sweep, and report and promotion time against the number of runs.
 
-    python benchmarks/scaling.py                 # both sections, real Fashion-MNIST from Debian
+    python benchmarks/scaling.py                 # every section, real Fashion-MNIST from Debian
     python benchmarks/scaling.py --sections workers --steps 600
+    python benchmarks/scaling.py --sections memory,reports --jobs 50 --runs 100,1000,5000
 
 `launchers`: wall time of one 4-job sweep (2 policies x 2 batch sizes) with Hydra's basic launcher
 and with joblib (2 workers), each on a fresh SQLite store, commands run one after the other.
 `workers`: the same training job (global batch, seed, steps) as one process (distribute=none)
 and as 2 local worker processes (distribute=multi_worker, TF_CONFIG on 127.0.0.1 ports):
 wall time, the chief's train/examples_per_sec and eval/accuracy from MLflow.
+`memory`: one sweep of --jobs short jobs in one process (the basic launcher): each job's peak
+memory (reset per job) and the per-job slope, and where a short job's time goes (job/seconds/*).
+`reports`: synthetic sweeps of --runs runs (made through the MLflow client, no training) on SQLite
+and on an MLflow server backed by PostgreSQL: time to build the report and to read the
+promotion candidates, and the store's size.
 """
 
 import argparse
@@ -20,7 +27,15 @@ import time
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "benchmarks"), str(REPO_ROOT / "tests")]
-from helpers import Store, free_ports, python_environment  # noqa: E402  the tests' helpers: one home
+from helpers import (  # noqa: E402  the tests' helpers: one home
+    MODEL_NAME,
+    Store,
+    free_ports,
+    mlflow_server,
+    postgres_server,
+    python_environment,
+    synthetic_sweep,
+)
 from tables import print_table  # noqa: E402
 
 
@@ -42,7 +57,8 @@ def store_arguments(folder: pathlib.Path, idx_dir: str) -> list[str]:
             f"data.idx_dir={idx_dir}"]
 
 
-def section_launchers(scratch: pathlib.Path, idx_dir: str, steps: int) -> list[dict]:
+def section_launchers(scratch: pathlib.Path, arguments) -> list[dict]:
+    idx_dir, steps = arguments.idx_dir, arguments.steps
     sweep = ["-m", "precision=float32,mixed_bfloat16", "data.batch_size=64,128", f"train.max_steps={steps}",
              "infer.latency_runs=50", "infer.throughput_runs=5"]
     rows = []
@@ -57,7 +73,8 @@ def section_launchers(scratch: pathlib.Path, idx_dir: str, steps: int) -> list[d
     return rows
 
 
-def section_workers(scratch: pathlib.Path, idx_dir: str, steps: int) -> list[dict]:
+def section_workers(scratch: pathlib.Path, arguments) -> list[dict]:
+    idx_dir, steps = arguments.idx_dir, arguments.steps
     job = [f"train.max_steps={steps}", "data.batch_size=128", "stages=[train,evaluate]"]
     rows = []
     for workers in (1, 2):
@@ -80,7 +97,72 @@ def section_workers(scratch: pathlib.Path, idx_dir: str, steps: int) -> list[dic
     return rows
 
 
-SECTIONS = {"launchers": section_launchers, "workers": section_workers}
+def section_memory(scratch: pathlib.Path, arguments) -> dict:
+    import numpy as np
+
+    idx_dir, jobs = arguments.idx_dir, arguments.jobs
+
+    started = time.perf_counter()
+    wait_all([run(["-m", f"train.seed=range({jobs})", "train.max_steps=30", *store_arguments(scratch, idx_dir)],
+                  scratch)])
+    wall_seconds = time.perf_counter() - started
+    children = sorted(Store(scratch).sweep()[1], key=lambda child: child.info.start_time)
+    peaks = [child.data.metrics["train/peak_memory_mb"] for child in children]
+    parts = {}
+    for child in children[1:]:  # the first job pays the imports and compiles no later job pays
+        for name, value in child.data.metrics.items():
+            if name.startswith("job/seconds/"):
+                parts.setdefault(name.removeprefix("job/seconds/"), []).append(value)
+        parts.setdefault("run start and end", []).append(
+            (child.info.end_time - child.info.start_time) / 1000 - sum(
+                value for name, value in child.data.metrics.items() if name.startswith("job/seconds/")))
+    return {"jobs": jobs, "wall_s": wall_seconds, "peak_memory_mb": peaks,
+            "slope_mb_per_job": float(np.polyfit(np.arange(1, len(peaks)), peaks[1:], 1)[0]),
+            "second_job_mb": peaks[1], "last_job_mb": peaks[-1],
+            "seconds_per_part": {name: float(np.median(values)) for name, values in parts.items()}}
+
+
+def section_reports(scratch: pathlib.Path, arguments) -> list[dict]:
+    run_counts = [int(count) for count in arguments.runs.split(",")]
+    rows = []
+    with postgres_server() as (database_uri, _), mlflow_server(database_uri, scratch / "server-artifacts") as url:
+        for store_name, uri in (("SQLite", f"sqlite:///{scratch}/mlflow.db"), ("PostgreSQL via mlflow server", url)):
+            for count in run_counts:
+                rows.append(_time_report(store_name, uri, count, scratch))
+                print(rows[-1], flush=True)
+    return rows
+
+
+def _time_report(store_name: str, uri: str, count: int, scratch: pathlib.Path) -> dict:
+    from pipeline import config
+    from pipeline.analysis import champion
+    from pipeline.tracking import registry, store, sweeps
+
+    tracking_config = config.compose([f"tracking.uri={uri}", f"tracking.artifact_root={scratch}/artifacts",
+                                      f"tracking.experiment=scale-{count}",
+                                      f"tracking.registered_model={MODEL_NAME}-{count}"], config_name="report").tracking
+    experiment_id = store.prepare(tracking_config)
+    started = time.perf_counter()
+    parent_id = synthetic_sweep(store.client(uri), experiment_id, count, register_as=tracking_config.registered_model)
+    create_seconds = time.perf_counter() - started
+    parent = store.client(uri).get_run(parent_id)
+    started = time.perf_counter()
+    report = sweeps.write_report(tracking_config, parent, scratch / f"report-{store_name[:6]}-{count}")
+    report_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    candidates = registry.sweep_candidates(tracking_config, tracking_config.registered_model, parent,
+                                           "infer/examples_per_sec")
+    champion.choose_champion(candidates, config.compose([], config_name="promote").rule)
+    promote_seconds = time.perf_counter() - started
+    database = scratch / "mlflow.db"
+    return {"store": store_name, "runs": count, "jobs_in_report": sum(row["n"] for row in report.rows),
+            "candidates": len(candidates), "create_s": create_seconds, "report_s": report_seconds,
+            "promotion_s": promote_seconds,
+            "sqlite_mb": database.stat().st_size / 2**20 if store_name == "SQLite" else None}
+
+
+SECTIONS = {"launchers": section_launchers, "workers": section_workers, "memory": section_memory,
+            "reports": section_reports}
 TABLES = {
     "launchers": ("The same 4-job sweep (float32, mixed_bfloat16 x batch 64, 128) per Hydra launcher", {
         "launcher": "{launcher}", "jobs": "{jobs}", "wall time s": "{wall_s:.1f}", "speedup": "{speedup:.2f}x"}),
@@ -88,6 +170,10 @@ TABLES = {
         "workers": "{workers}", "steps": "{steps}", "wall time s": "{wall_s:.1f}",
         "train examples/s": "{train_examples_per_sec:,.0f}", "step ms": "{step_time_ms:.2f}",
         "eval accuracy": "{eval_accuracy:.4f}"}),
+    "reports": ("Report and promotion time against the number of runs (synthetic sweeps)", {
+        "store": "{store}", "runs": "{runs:,}", "jobs in report": "{jobs_in_report:,}",
+        "versions read": "{candidates:,}", "report s": "{report_s:.1f}", "promotion s": "{promotion_s:.1f}",
+        "making the runs s": "{create_s:.0f}"}),
 }
 
 
@@ -96,6 +182,8 @@ def main() -> None:
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated: {', '.join(SECTIONS)}")
     parser.add_argument("--steps", type=int, default=400, help="optimizer steps per job")
     parser.add_argument("--idx-dir", default="/usr/share/datasets/fashion-mnist", help="real images, IDX format")
+    parser.add_argument("--jobs", type=int, default=50, help="jobs in the memory section's sweep")
+    parser.add_argument("--runs", default="100,1000,5000", help="comma-separated run counts for the reports section")
     parser.add_argument("--json", default="outputs/scaling.json", help="where to write the figures")
     arguments = parser.parse_args()
     results = {}
@@ -103,8 +191,11 @@ def main() -> None:
         for name in arguments.sections.split(","):
             section_dir = pathlib.Path(scratch) / name
             section_dir.mkdir()
-            results[name] = SECTIONS[name](section_dir, arguments.idx_dir, arguments.steps)
-            print_table(*TABLES[name], results[name])
+            results[name] = SECTIONS[name](section_dir, arguments)
+            if name in TABLES:
+                print_table(*TABLES[name], results[name])
+            else:
+                print(f"\n{name}: {json.dumps(results[name], indent=1)}")
     pathlib.Path(arguments.json).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(arguments.json).write_text(json.dumps(results, indent=2))
 

@@ -45,6 +45,17 @@ class JitCompile(enum.StrEnum):
     true = "true"
 
 
+class ExportFormat(enum.StrEnum):
+    """What the export stage writes: the SavedModel (always; what `serve` and the unprefixed infer/*
+    metrics are), and LiteRT flatbuffers in four precisions."""
+
+    saved_model = "saved_model"
+    litert_float32 = "litert_float32"
+    litert_float16 = "litert_float16"  # float16 weights, float32 compute
+    litert_dynamic_int8 = "litert_dynamic_int8"  # int8 weights, activations quantized on the fly
+    litert_int8 = "litert_int8"  # int8 weights and activations, ranges from a calibration set
+
+
 class DataSource(enum.StrEnum):
     tfds = "tfds"
     idx = "idx"
@@ -118,6 +129,8 @@ class TrainConfig:
 class ExportConfig:
     dir: str = MISSING
     serving_policy: ServingPolicy = MISSING
+    formats: list[ExportFormat] = MISSING
+    calibration_examples: int = MISSING
 
 
 @dataclasses.dataclass
@@ -213,6 +226,10 @@ def validate(config, in_sweep: bool = False) -> None:
     if config.data.source == DataSource.idx and not config.data.idx_dir:
         raise ConfigError("data.source=idx needs data.idx_dir=<folder with the 4 IDX files>")
     jit_mode(config.train.jit_compile)
+    if ExportFormat.saved_model not in list(config.export.formats):
+        raise ConfigError(f"export.formats={list(map(str, config.export.formats))} must include saved_model: the "
+                          "served model and the source of the LiteRT conversions; add it to the list")
+    _require_positive(config, "export.calibration_examples")
     _require_positive(config, "tracking.system_metrics_interval")
     for key in ("register_min_accuracy", "register_min_agreement"):
         if not 0 <= config.tracking[key] <= 1:

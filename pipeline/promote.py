@@ -22,7 +22,7 @@ def main(config: DictConfig) -> None:
         raise PipelineError("tracking.registered_model is null: nothing to promote; name the registered model")
     parent_run = sweeps.require_sweep(config.tracking, config.sweep_id)
     sweep_id = parent_run.data.tags[sweeps.SWEEP_ID_TAG]
-    candidates = registry.sweep_candidates(config.tracking, name, sweep_id, config.rule.metric)
+    candidates = registry.sweep_candidates(config.tracking, name, parent_run, config.rule.metric)
     if not candidates:
         raise NotFoundError(f"tracking.registered_model={name} has no version registered by sweep {sweep_id}; "
                             "check the name (the MLflow UI's Models page), or run the sweep with registration on")
@@ -34,14 +34,15 @@ def main(config: DictConfig) -> None:
     except champion.NoChampionError as error:
         raise champion.NoChampionError(f"no champion for sweep {sweep_id}: {error}") from None
     if registry.current_alias(config.tracking, name, config.aliases.champion) == chosen.version:
-        print(f"{name} version {chosen.version} ({chosen.run_name}) is already @{config.aliases.champion}; "
-              "nothing changed")
+        print(f"{name} version {chosen.version} ({chosen.run_name}, {chosen.export_format}) is already "
+              f"@{config.aliases.champion}; nothing changed")
         return
-    figures = {candidate.run_name: {"version": candidate.version, "eval/accuracy": candidate.accuracy,
-                                    "infer/agreement": candidate.agreement, config.rule.metric: candidate.score}
-               for candidate in candidates}
+    figures = {f"{candidate.run_name} {candidate.export_format}": {
+        "version": candidate.version, "accuracy": candidate.accuracy, "agreement": candidate.agreement,
+        config.rule.metric: candidate.score} for candidate in candidates}
     registry.set_champion(config.tracking, name, chosen.version, config.aliases, {"rule": reason, "figures": figures})
-    print(f"{name} version {chosen.version} ({chosen.run_name}) is now @{config.aliases.champion}: {reason}")
+    print(f"{name} version {chosen.version} ({chosen.run_name}, {chosen.export_format}) is now "
+          f"@{config.aliases.champion}: {reason}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Fixtures: the real conf/ composed and shrunk, a real SQLite MLflow store per test, real data.
 
-Markers mean what they say: `e2e` for a test that starts a subprocess (the commands, servers) or
-trains on the real dataset end to end; enforced below, so `-m "not e2e"` stays the quick
+Markers mean what they say: `e2e` for a test that starts a subprocess (the commands, servers),
+trains on the real dataset end to end, or builds a store at scale; enforced below, so `-m "not e2e"` stays the quick
 in-process set. `slow` for one that takes more than 10 s here, its fixtures included.
 """
 

@@ -5,13 +5,12 @@ import io
 import json
 import logging
 import re
-import subprocess
 import sys
 import urllib.parse
 import urllib.request
 
 import pytest
-from helpers import FASHION_MNIST_DIR, QUICK_INFER, free_ports, run_pipeline, wait_until_up
+from helpers import FASHION_MNIST_DIR, QUICK_INFER, mlflow_server, run_pipeline
 
 from pipeline import console
 from pipeline.core import data
@@ -108,14 +107,7 @@ def test_a_sweep_prints_our_lines_only_and_verbose_brings_the_rest_back(tmp_path
 
 @pytest.mark.e2e
 def test_the_printed_url_opens_the_run_with_its_datasets_and_system_metrics(tmp_path, real_data):
-    (port,) = free_ports(1)
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                               f"sqlite:///{tmp_path}/server.db", "--artifacts-destination",
-                               str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(lambda: _get(f"{url}/health") is not None, server, "mlflow server")
+    with mlflow_server(f"sqlite:///{tmp_path}/server.db", tmp_path / "artifacts") as url:
         result = run_pipeline([*real_data, "train.max_steps=100", f"tracking.uri={url}", "tracking.artifact_root=null",
                                "tracking.system_metrics=true", "tracking.system_metrics_interval=0.2",
                                "tracking.registered_model=null", *QUICK_INFER], cwd=tmp_path)
@@ -126,19 +118,15 @@ def test_the_printed_url_opens_the_run_with_its_datasets_and_system_metrics(tmp_
         experiment_id, run_id = re.fullmatch(rf"{url}/#/experiments/(\d+)/runs/(\w+)\?workflowType=machine_learning",
                                              printed).groups()
         run = json.loads(_get(f"{url}/api/2.0/mlflow/runs/get?run_id={run_id}"))["run"]
-        assert run["info"]["experiment_id"] == experiment_id and run["info"]["status"] == "FINISHED"
-
-        inputs = {entry["tags"][0]["value"]: entry["dataset"] for entry in run["inputs"]["dataset_inputs"]}
-        for context, split in (("training", "train"), ("testing", "test")):
-            dataset = inputs[context]
-            assert dataset["name"] == f"fashion_mnist-{split}"
-            assert dataset["digest"] == data.digest(data.read_idx_split(FASHION_MNIST_DIR, split))
-            assert str(FASHION_MNIST_DIR) in dataset["source"]
-        metrics = {metric["key"] for metric in run["data"]["metrics"]}
-        assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= metrics
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    assert run["info"]["experiment_id"] == experiment_id and run["info"]["status"] == "FINISHED"
+    inputs = {entry["tags"][0]["value"]: entry["dataset"] for entry in run["inputs"]["dataset_inputs"]}
+    for context, split in (("training", "train"), ("testing", "test")):
+        dataset = inputs[context]
+        assert dataset["name"] == f"fashion_mnist-{split}"
+        assert dataset["digest"] == data.digest(data.read_idx_split(FASHION_MNIST_DIR, split))
+        assert str(FASHION_MNIST_DIR) in dataset["source"]
+    metrics = {metric["key"] for metric in run["data"]["metrics"]}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= metrics
 
 
 def _get(address: str) -> str | None:

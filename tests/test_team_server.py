@@ -1,79 +1,40 @@
 """tracking=server: a sweep against a real `mlflow server` backed by a real PostgreSQL, checked over REST."""
 
-import glob
 import json
-import os
-import pathlib
-import shutil
-import signal
 import subprocess
-import sys
-import tempfile
 import urllib.parse
 import urllib.request
 
 import mlflow
 import numpy as np
 import pytest
-from helpers import FASHION_MNIST_DIR, MODEL_NAME, QUICK_INFER, free_ports, run_pipeline, wait_until_up
+from helpers import (
+    DATABASE_USER,
+    FASHION_MNIST_DIR,
+    MODEL_NAME,
+    QUICK_INFER,
+    mlflow_server,
+    postgres_server,
+    run_pipeline,
+)
 
 from pipeline.core import data
 
-DATABASE_USER = "mlflow"
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-
-def postgres_program(name: str) -> str:
-    """A PostgreSQL server program: on the PATH, else in Debian's versioned folder."""
-    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
-    if not found:
-        pytest.fail(f"PostgreSQL's {name} is missing: apt-get install -y postgresql (as .ci/run does)")
-    return found
-
-
-def as_postgres_user(command: list[str]) -> list[str]:
-    # PostgreSQL refuses to run as root; CI runs as root, a developer's machine usually not.
-    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
 
 
 @pytest.fixture(scope="module")
 def postgres():
-    folder = pathlib.Path(tempfile.mkdtemp(prefix="pipeline-postgres-"))  # not under pytest's root-only tmp
-    if os.geteuid() == 0:
-        shutil.chown(folder, "postgres")
-    port = free_ports(1)[0]
-    subprocess.run(as_postgres_user([postgres_program("initdb"), "-D", str(folder / "data"), "-U", DATABASE_USER,
-                                     "--auth=trust", "-E", "UTF8"]), check=True, capture_output=True)
-    server = subprocess.Popen(as_postgres_user([postgres_program("postgres"), "-D", str(folder / "data"),
-                                                "-h", "127.0.0.1", "-p", str(port), "-k", str(folder)]),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        wait_until_up(lambda: subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", str(port)],
-                                             capture_output=True).returncode == 0, server, "PostgreSQL")
-        subprocess.run(["createdb", "-h", "127.0.0.1", "-p", str(port), "-U", DATABASE_USER, "mlflow"], check=True)
-        yield f"postgresql+psycopg://{DATABASE_USER}@127.0.0.1:{port}/mlflow", port
-    finally:
-        os.killpg(server.pid, signal.SIGINT)  # by its PID: PostgreSQL's fast shutdown
-        server.wait(timeout=60)
-        shutil.rmtree(folder, ignore_errors=True)
+    with postgres_server() as database:
+        yield database
 
 
 @pytest.fixture(scope="module")
 def tracking_server(postgres, tmp_path_factory):
     database_uri, _ = postgres
     artifacts = tmp_path_factory.mktemp("server-artifacts")
-    port = free_ports(1)[0]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", database_uri,
-         "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(lambda: get(url, "/health") is not None, server, "mlflow server")
+    with mlflow_server(database_uri, artifacts) as url:
         yield url, artifacts
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # by its PID, with its workers
-        server.wait(timeout=60)
 
 
 def get(url: str, path: str, **query):

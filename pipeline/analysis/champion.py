@@ -31,10 +31,20 @@ class Candidate:
     batch_size: int = 0
     learning_rate: float = 0.0
     seed: str | None = None
+    export_format: str = "saved_model"
 
     @property
     def configuration(self) -> tuple:
-        return self.model, self.policy, self.batch_size, self.learning_rate
+        return self.model, self.policy, self.batch_size, self.learning_rate, self.export_format
+
+
+def format_metric(metric: str, export_format: str) -> str:
+    """The name a rule's metric has for a format: infer/latency_ms_p50 is infer/litert_int8/latency_ms_p50
+    for a litert_int8 version; a metric that names a format, or no infer/ metric, stays as it is."""
+    parts = metric.split("/")
+    if export_format == "saved_model" or parts[0] != "infer" or len(parts) != 2:
+        return metric
+    return f"infer/{export_format}/{parts[1]}"
 
 
 class NoChampionError(PipelineError):
@@ -44,13 +54,18 @@ class NoChampionError(PipelineError):
 def choose_champion(candidates: list[Candidate], rule) -> tuple[Candidate, str]:
     """Applies the rule (conf/promote.yaml's `rule`); returns the chosen candidate and a sentence saying why.
 
+    The baseline is the float32 SavedModel; rule.formats (null: all) limits the versions that compete.
+
     Raises:
         NoChampionError: no float32 baseline, or no version passes both thresholds.
     """
+    baselines = [candidate.accuracy for candidate in candidates if candidate.policy == "float32"
+                 and candidate.export_format == "saved_model" and candidate.accuracy is not None]
+    formats = rule.get("formats")
+    if formats:
+        candidates = [candidate for candidate in candidates if candidate.export_format in list(formats)]
     if rule.get("accuracy_test", "point") == "interval":
         return _choose_by_interval(candidates, rule)
-    baselines = [candidate.accuracy for candidate in candidates
-                 if candidate.policy == "float32" and candidate.accuracy is not None]
     if not baselines:
         raise NoChampionError("the sweep registered no float32 version to compare accuracy against; "
                               "include precision=float32 in the sweep")
@@ -66,8 +81,9 @@ def choose_champion(candidates: list[Candidate], rule) -> tuple[Candidate, str]:
         )
     best = (max if rule.higher_is_better else min)(qualified, key=lambda candidate: candidate.score)
     direction = "highest" if rule.higher_is_better else "lowest"
-    reason = (f"{direction} {rule.metric} ({best.score:.4g}) among {len(qualified)} of {len(candidates)} versions "
-              f"with eval accuracy >= {floor:.4f} and infer/agreement >= {rule.min_agreement}")
+    reason = (f"{direction} {format_metric(rule.metric, best.export_format)} ({best.score:.4g}) among "
+              f"{len(qualified)} of {len(candidates)} versions with accuracy >= {floor:.4f} and agreement >= "
+              f"{rule.min_agreement}")
     return best, reason
 
 
@@ -76,13 +92,13 @@ def _choose_by_interval(candidates: list[Candidate], rule) -> tuple[Candidate, s
     for candidate in candidates:
         configurations.setdefault(candidate.configuration, []).append(candidate)
     baselines = {(model, batch_size, learning_rate): {candidate.seed: candidate for candidate in members}
-                 for (model, policy, batch_size, learning_rate), members in configurations.items()
-                 if policy == "float32"}
+                 for (model, policy, batch_size, learning_rate, export_format), members in configurations.items()
+                 if policy == "float32" and export_format == "saved_model"}
     if not baselines:
         raise NoChampionError("the sweep registered no float32 version to compare accuracy against; "
                               "include precision=float32 in the sweep")
     qualified = []
-    for (model, policy, batch_size, learning_rate), members in configurations.items():
+    for (model, policy, batch_size, learning_rate, _), members in configurations.items():
         partners = baselines.get((model, batch_size, learning_rate), {})
         delta = statistics.mean_interval(member.accuracy - partners[member.seed].accuracy for member in members
                                          if member.seed in partners and member.accuracy is not None

@@ -98,3 +98,23 @@ def plot_confusion_matrix(confusion, path: pathlib.Path) -> pathlib.Path:
              yticks=range(len(confusion)), title="confusion matrix (test split)")
     figure.colorbar(image, ax=axes)
     return _save(figure, None, path)
+
+
+def plot_accuracy_vs_latency(rows: list[dict], output_dir: pathlib.Path) -> pathlib.Path:
+    """One point per training policy and exported format: accuracy against batch-1 latency."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(7, 4.5))
+    markers = {"float32": "o", "mixed_float16": "s", "mixed_bfloat16": "^"}
+    for export_format in sorted({row["format"] for row in rows}):
+        points = [row for row in rows if row["format"] == export_format and row["latency_ms_p50"] is not None]
+        for index, row in enumerate(points):
+            axes.scatter(row["latency_ms_p50"], row["accuracy"], marker=markers.get(row["policy"], "x"),
+                         color=f"C{sorted({row['format'] for row in rows}).index(export_format)}",
+                         label=export_format if index == 0 else None)
+    axes.set(xlabel="batch-1 latency p50 (ms)", ylabel="test accuracy", xscale="log",
+             title="accuracy vs latency per exported format (marker: training policy)")
+    return _save(figure, axes, output_dir / "accuracy_vs_latency.png")

@@ -9,7 +9,7 @@ import csv
 import dataclasses
 import pathlib
 
-from pipeline.analysis import plots, statistics
+from pipeline.analysis import deployment, plots, statistics
 from pipeline.core.data import NUM_CLASSES
 
 CONFIGURATION = ("model", "policy", "batch_size", "learning_rate")  # what a row is; seeds are its repeats
@@ -65,22 +65,44 @@ def make_report(jobs: list, loss_histories: dict[str, list[tuple[int, float]]], 
     output_dir.mkdir(parents=True, exist_ok=True)
     markdown = "\n".join([*(f"**Warning**: {warning}\n" for warning in warnings), to_markdown(rows), "",
                           *(f"- {sentence}" for sentence in summary_sentences(rows))])
+    table = deployment.deployment_rows(job_rows)
+    files = []
+    if any(row["format"] != "saved_model" for row in table):  # LiteRT formats were exported
+        markdown += "\n\n## Deployment\n\n" + deployment.to_markdown(table)
+        files = deployment.write(table, output_dir)
     (output_dir / "report.md").write_text(markdown + "\n")
     with open(output_dir / "report.csv", "w", newline="") as csv_file:
         writer = csv.DictWriter(csv_file, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    names = [job.info.run_name for job in jobs]
+    plotted = loss_curve_jobs(jobs)
+    names = [job.info.run_name for job in plotted]
     # A search's trials and a configuration's repeats share a name; their rate and seed tell them apart.
     loss_curves = {
         (job.info.run_name if names.count(job.info.run_name) == 1 else
          f"{job.info.run_name} lr={float(job.data.params.get('train.learning_rate', 0)):.3g} "
          f"seed={job.data.params.get('train.seed', '?')}"): loss_histories.get(job.info.run_id, [])
-        for job in jobs
+        for job in plotted
     }
     figures = plots.plot(rows, loss_curves, output_dir)
     return Report(jobs=job_rows, rows=rows, markdown=markdown, warnings=warnings,
-                  files=[output_dir / "report.md", output_dir / "report.csv", *figures])
+                  files=[output_dir / "report.md", output_dir / "report.csv", *figures, *files])
+
+
+MAX_LOSS_CURVES = 24  # beyond this a loss plot is unreadable, and each curve costs a request to the store
+
+
+def loss_curve_jobs(jobs: list) -> list:
+    """The jobs whose loss curves the report draws: every job of a small sweep; of a large one, the
+    first job of each configuration, up to MAX_LOSS_CURVES."""
+    if len(jobs) <= MAX_LOSS_CURVES:
+        return jobs
+    firsts = {}
+    for job in jobs:
+        key = tuple(job.data.params.get(name) for name in ("model.name", "precision.policy", "data.batch_size",
+                                                            "train.learning_rate"))
+        firsts.setdefault(key, job)
+    return list(firsts.values())[:MAX_LOSS_CURVES]
 
 
 def job_row(job) -> dict:
@@ -101,8 +123,13 @@ def job_row(job) -> dict:
                               if any(tag.value == "training" for tag in entry.tags)), None),
     }
     row.update({column: metrics.get(name) for column, name in _METRICS.items()})
+    formats = sorted({name.split("/")[1] for name in metrics if name.startswith("infer/litert_")})
+    row["deployment"] = {export_format: {figure: metrics.get(f"{prefix}/{figure}") for figure in deployment.FIGURES}
+                         for export_format, prefix in [("saved_model", "infer")] + [(name, f"infer/{name}")
+                                                                                    for name in formats]}
     if job.info.status != "FINISHED":  # a half-finished job's figures would mislead
-        row.update({column: None for column in _METRICS} | {"class_accuracy": [None] * NUM_CLASSES})
+        row.update({column: None for column in _METRICS} | {"class_accuracy": [None] * NUM_CLASSES,
+                                                             "deployment": {}})
     return row
 
 

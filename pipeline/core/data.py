@@ -52,17 +52,20 @@ class Datasets:
     source: str = ""  # where the splits were read: the IDX folder, or TFDS's prepared <data_dir>/<name>/<version>
 
 
+_last_read: dict[tuple, tuple[dict[str, Split], str]] = {}  # the splits read last in this process, by where from
+
+
 def load_datasets(data_config: "DataConfig") -> Datasets:
-    """Loads both splits from the configured source and checks the batch size fits."""
-    if data_config.source == "tfds":
-        splits, source = _read_tfds(data_config.name, data_config.tfds_data_dir)
-    elif data_config.source == "idx":
-        if not data_config.idx_dir:
-            raise DataError("data.idx_dir is not set; pass data.idx_dir=<folder with the 4 IDX files>")
-        splits = {split: read_idx_split(data_config.idx_dir, split) for split in SPLIT_FILES}
-        source = str(pathlib.Path(data_config.idx_dir).resolve())
-    else:
-        raise DataError(f"data.source={data_config.source!r} is not a source; use tfds or idx")
+    """Loads both splits from the configured source and checks the batch size fits.
+
+    The splits read last are kept: the jobs of a sweep in one process read the dataset once (about
+    a second saved per job), and memory holds one dataset however many jobs run.
+    """
+    key = (str(data_config.source), data_config.name, data_config.tfds_data_dir, data_config.idx_dir)
+    if key not in _last_read:
+        _last_read.clear()
+        _last_read[key] = _read_splits(data_config)
+    splits, source = _last_read[key]
     train, test = splits["train"], splits["test"]
     if data_config.batch_size > len(train.labels):
         raise DataError(
@@ -77,6 +80,17 @@ def load_datasets(data_config: "DataConfig") -> Datasets:
         name=data_config.name,
         source=source,
     )
+
+
+def _read_splits(data_config: "DataConfig") -> tuple[dict[str, Split], str]:
+    if data_config.source == "tfds":
+        return _read_tfds(data_config.name, data_config.tfds_data_dir)
+    if data_config.source == "idx":
+        if not data_config.idx_dir:
+            raise DataError("data.idx_dir is not set; pass data.idx_dir=<folder with the 4 IDX files>")
+        splits = {split: read_idx_split(data_config.idx_dir, split) for split in SPLIT_FILES}
+        return splits, str(pathlib.Path(data_config.idx_dir).resolve())
+    raise DataError(f"data.source={data_config.source!r} is not a source; use tfds or idx")
 
 
 def digest(split: Split) -> str:

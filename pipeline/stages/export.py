@@ -1,27 +1,35 @@
-"""Export stage: the trained model as a serving SavedModel, optionally under another policy."""
+"""Export stage: the trained model as a serving SavedModel, optionally under another policy, and in
+the LiteRT formats export.formats lists."""
 
 import dataclasses
 import pathlib
 import shutil
 
 import keras
+import numpy as np
 
-from pipeline.config import CnnConfig, ExportConfig, MlpConfig
+from pipeline.config import CnnConfig, ExportConfig, ExportFormat, MlpConfig
+from pipeline.core import data
 from pipeline.core import model as model_lib
+from pipeline.stages import litert
 
 
 @dataclasses.dataclass
 class ExportResult:
-    """The model that was exported (the one to register and serve), where, and in which policy."""
+    """The model that was exported (the one to register and serve), where, in which policy, and the
+    LiteRT files by format."""
 
     model: keras.Model
     saved_model_dir: pathlib.Path
     policy: str
+    litert_files: dict[str, pathlib.Path] = dataclasses.field(default_factory=dict)
 
 
 def export(trained: keras.Model, export_config: ExportConfig, model_config: MlpConfig | CnnConfig,
-           training_policy: str, seed: int, distributed: bool = False) -> ExportResult:
-    """Writes the serving model as a SavedModel under <export.dir>/saved_model.
+           training_policy: str, seed: int, distributed: bool = False,
+           calibration_split: data.Split | None = None) -> ExportResult:
+    """Writes the serving model as a SavedModel under <export.dir>/saved_model, and each LiteRT format
+    of export.formats as <export.dir>/<format>.tflite.
 
     With export.serving_policy other than `same`, the model is rebuilt under that policy from the
     same definition and takes the trained weights (variables are float32 under every policy), so
@@ -32,15 +40,52 @@ def export(trained: keras.Model, export_config: ExportConfig, model_config: MlpC
 
     The `serve` endpoint takes float32 images (batch, 28, 28, 1) scaled to [0, 1] and returns
     float32 logits (batch, 10).
+
+    Args:
+        calibration_split: where litert_int8's calibration images come from (the training split),
+            export.calibration_examples of them, chosen with `seed`.
+
+    Raises:
+        litert.ConversionError: a LiteRT format failed to convert (one line naming it).
     """
     policy = training_policy if export_config.serving_policy == "same" else str(export_config.serving_policy)
     serving_model = trained
     if policy != training_policy or distributed:
-        serving_model = model_lib.build_model(model_config, policy, seed=seed)
-        serving_model.set_weights(trained.get_weights())
-    saved_model_dir = pathlib.Path(export_config.dir) / "saved_model"
+        serving_model = _rebuild(trained, model_config, policy, seed)
+    folder = pathlib.Path(export_config.dir)
+    saved_model_dir = _write_saved_model(serving_model, folder / "saved_model")
+    formats = [ExportFormat(name) for name in export_config.formats if name != ExportFormat.saved_model]
+    result = ExportResult(model=serving_model, saved_model_dir=saved_model_dir, policy=policy)
+    if not formats:
+        return result
+    # LiteRT converts float32 graphs: its own formats set their precision (a bfloat16 graph does not convert).
+    source = saved_model_dir
+    if policy != "float32":
+        source = _write_saved_model(_rebuild(trained, model_config, "float32", seed), folder / "float32_saved_model")
+    calibration = _calibration_images(calibration_split, export_config.calibration_examples, seed)
+    for export_format in formats:
+        result.litert_files[str(export_format)] = litert.convert(source, export_format, calibration,
+                                                                 folder / f"{export_format}{litert.SUFFIX}")
+    return result
+
+
+def _rebuild(trained: keras.Model, model_config, policy: str, seed: int) -> keras.Model:
+    rebuilt = model_lib.build_model(model_config, policy, seed=seed)
+    rebuilt.set_weights(trained.get_weights())
+    return rebuilt
+
+
+def _write_saved_model(model: keras.Model, saved_model_dir: pathlib.Path) -> pathlib.Path:
     if saved_model_dir.exists():
         shutil.rmtree(saved_model_dir)
     saved_model_dir.parent.mkdir(parents=True, exist_ok=True)
-    serving_model.export(str(saved_model_dir), format="tf_saved_model", verbose=False)
-    return ExportResult(model=serving_model, saved_model_dir=saved_model_dir, policy=policy)
+    model.export(str(saved_model_dir), format="tf_saved_model", verbose=False)
+    return saved_model_dir
+
+
+def _calibration_images(split: data.Split | None, count: int, seed: int) -> np.ndarray | None:
+    """A seeded sample of the training split as float32 in [0, 1]: the same images for the same seed."""
+    if split is None:
+        return None
+    chosen = np.random.default_rng(seed).choice(len(split.images), size=min(count, len(split.images)), replace=False)
+    return data.normalize(split.images[np.sort(chosen)]).numpy()

@@ -1,6 +1,7 @@
-"""Infer stage: load the exported SavedModel back and measure it on the test split."""
+"""Infer stage: load each exported model back (not the in-memory one) and measure it on the test split."""
 
 import dataclasses
+import pathlib
 import time
 
 import numpy as np
@@ -8,11 +9,12 @@ import tensorflow as tf
 
 from pipeline.config import InferConfig
 from pipeline.core import data
+from pipeline.stages import litert
 
 
 @dataclasses.dataclass
 class InferResult:
-    """Latency, throughput and parity of the exported model against the in-memory one."""
+    """Latency, throughput and parity of an exported model against the in-memory one."""
 
     latency_ms_p50: float
     latency_ms_p99: float
@@ -20,14 +22,17 @@ class InferResult:
     accuracy: float
     agreement: float
     max_abs_diff: float
+    size_bytes: float | None = None  # of a LiteRT file
 
-    def metrics(self) -> dict[str, float]:
-        return {f"infer/{field.name}": getattr(self, field.name) for field in dataclasses.fields(self)}
+    def metrics(self, prefix: str = "infer") -> dict[str, float]:
+        """The figures as infer/<name> (the SavedModel's) or infer/<format>/<name>."""
+        return {f"{prefix}/{field.name}": getattr(self, field.name) for field in dataclasses.fields(self)
+                if getattr(self, field.name) is not None}
 
 
 def infer(saved_model_dir, test_split: data.Split, reference_logits: np.ndarray,
           infer_config: InferConfig) -> InferResult:
-    """Loads `saved_model_dir` (not the in-memory model) and runs its `serve` endpoint.
+    """Loads `saved_model_dir` (not the in-memory model) and measures its `serve` endpoint.
 
     Args:
         saved_model_dir: the export stage's SavedModel folder.
@@ -37,15 +42,27 @@ def infer(saved_model_dir, test_split: data.Split, reference_logits: np.ndarray,
     """
     loaded = tf.saved_model.load(str(saved_model_dir))
     serve = loaded.serve  # `loaded` must stay referenced: it owns the variables `serve` reads
-    images = data.normalize(test_split.images)
+    return measure(lambda images: serve(images).numpy(), test_split, reference_logits, infer_config)
+
+
+def infer_litert(path: pathlib.Path, test_split: data.Split, reference_logits: np.ndarray,
+                 infer_config: InferConfig) -> InferResult:
+    """The same figures for a LiteRT file, run by LiteRT's interpreter, and the file's size."""
+    result = measure(litert.Runner(path), test_split, reference_logits, infer_config)
+    result.size_bytes = float(path.stat().st_size)
+    return result
+
+
+def measure(predict, test_split: data.Split, reference_logits: np.ndarray, infer_config: InferConfig) -> InferResult:
+    """Accuracy and parity over the test split, batch-1 latency, large-batch throughput of `predict`."""
+    images = data.normalize(test_split.images).numpy()
     batch_size = infer_config.throughput_batch_size
-    batch_starts = range(0, len(images), batch_size)
-    logits = np.concatenate([serve(images[start : start + batch_size]).numpy() for start in batch_starts])
-    single_images = [data.normalize(test_split.images[index % len(images)][None])
-                     for index in range(infer_config.latency_runs)]
-    latencies = time_calls(serve, single_images)
+    logits = np.concatenate([predict(images[start : start + batch_size])
+                             for start in range(0, len(images), batch_size)])
+    single_images = [images[index % len(images)][None] for index in range(infer_config.latency_runs)]
+    latencies = time_calls(predict, single_images)
     large_batch = images[:batch_size]
-    large_batch_seconds = time_calls(serve, [large_batch] * infer_config.throughput_runs)
+    large_batch_seconds = time_calls(predict, [large_batch] * infer_config.throughput_runs)
     return InferResult(
         latency_ms_p50=float(np.percentile(latencies, 50) * 1000),
         latency_ms_p99=float(np.percentile(latencies, 99) * 1000),

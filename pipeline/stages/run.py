@@ -1,9 +1,11 @@
 """The four stages in order for one job, each one's result passed explicitly to the next, and
 each recorded in the job's MLflow run."""
 
+import contextlib
 import dataclasses
 import logging
 import tempfile
+import time
 
 import tensorflow as tf
 from omegaconf import DictConfig
@@ -29,6 +31,24 @@ class JobResult:
     registered: str | None = None  # "<name> version <n>", or why it was not registered
 
 
+class Stopwatch:
+    """Seconds per part of a job, logged as job/seconds/<part>: where a short job's time goes."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def part(self, name: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+    def metrics(self) -> dict[str, float]:
+        return {f"job/seconds/{name}": seconds for name, seconds in self.seconds.items()}
+
+
 def run_stages(config: DictConfig, run_name: str, run_id: str, sweep_id: str | None,
                checkpoint_dir: str) -> JobResult:
     """Runs config.stages (a prefix of train, evaluate, export, infer) inside the active MLflow run.
@@ -40,63 +60,98 @@ def run_stages(config: DictConfig, run_name: str, run_id: str, sweep_id: str | N
         sweep_id: the sweep the job belongs to, or None.
         checkpoint_dir: where checkpoints go, and where a resumed run's latest one is read.
     """
-    strategy = distribute.make_strategy(config.distribute)  # first: multi-worker needs it before any TF op
-    policy = str(config.precision.policy)
-    supported, hardware_note = precision.hardware_support(
-        policy, device.gpu_compute_capability(), device.read_cpu_flags())
-    if not supported:
-        logger.warning("%s", hardware_note)
-    runs.set_tags(device.describe_device() | {
-        "precision.hardware_supported": str(supported).lower(),
-        "precision.hardware_note": hardware_note,
-    } | distribute.describe(strategy, config.distribute))
-    datasets = data.load_datasets(config.data)
-    runs.log_datasets(datasets)
-    progress = console.Progress(run_name)
+    stopwatch = Stopwatch()
     try:
+        return _run_stages(config, run_name, run_id, sweep_id, checkpoint_dir, stopwatch)
+    finally:
+        runs.log_metrics(stopwatch.metrics())  # also when a stage failed: where the time went
+
+
+def _run_stages(config, run_name, run_id, sweep_id, checkpoint_dir, stopwatch: Stopwatch) -> JobResult:
+    policy = str(config.precision.policy)
+    with stopwatch.part("setup"):
+        strategy = distribute.make_strategy(config.distribute)  # first: multi-worker needs it before any TF op
+        supported, hardware_note = precision.hardware_support(
+            policy, device.gpu_compute_capability(), device.read_cpu_flags())
+        if not supported:
+            logger.warning("%s", hardware_note)
+        runs.set_tags(device.describe_device() | {
+            "precision.hardware_supported": str(supported).lower(),
+            "precision.hardware_note": hardware_note,
+        } | distribute.describe(strategy, config.distribute))
+    with stopwatch.part("data"):
+        datasets = data.load_datasets(config.data)
+        runs.log_datasets(datasets)
+    with stopwatch.part("train"), contextlib.closing(console.Progress(run_name)) as progress:
         trained = _build_and_train(config, strategy, datasets, checkpoint_dir, log_metric=runs.log_metric_history,
                                    progress=progress)
-    finally:
-        progress.close()
-    runs.log_metrics(trained.metrics())
-    runs.set_tags(trained.tags())
+        runs.log_metrics(trained.metrics())
+        runs.set_tags(trained.tags())
     result = JobResult(run_name, examples_per_sec=trained.examples_per_sec, jit_compile=str(trained.jit.mode),
                        peak_memory_mb=trained.peak_memory_mb)
     if "evaluate" not in config.stages:
         return result
-    evaluated = evaluate.evaluate(trained.model, datasets)
-    runs.log_metrics(evaluated.metrics())
-    runs.log_confusion_matrix(evaluated.confusion)
+    with stopwatch.part("evaluate"):
+        evaluated = evaluate.evaluate(trained.model, datasets)
+        runs.log_metrics(evaluated.metrics())
+        runs.log_confusion_matrix(evaluated.confusion)
     result.accuracy = evaluated.accuracy
     if "export" not in config.stages:
         return result
-    exported = export.export(trained.model, config.export, config.model, policy, seed=config.train.seed,
-                             distributed=strategy is not None)
-    runs.set_tags({"export.policy": exported.policy})
+    with stopwatch.part("export"):
+        exported = export.export(trained.model, config.export, config.model, policy, seed=config.train.seed,
+                                 distributed=strategy is not None, calibration_split=datasets.train)
+        runs.set_tags({"export.policy": exported.policy})
     if "infer" not in config.stages:
         return result
-    inferred = infer.infer(exported.saved_model_dir, datasets.test, evaluated.logits, config.infer)
-    runs.log_metrics(inferred.metrics())
-    result.latency_ms_p50 = inferred.latency_ms_p50
+    with stopwatch.part("infer"):
+        inferred = {"saved_model": infer.infer(exported.saved_model_dir, datasets.test, evaluated.logits,
+                                               config.infer)}
+        inferred |= {name: infer.infer_litert(path, datasets.test, evaluated.logits, config.infer)
+                     for name, path in exported.litert_files.items()}
+        runs.log_metrics({name: value for export_format, figures in inferred.items()
+                          for name, value in figures.metrics(_metric_prefix(export_format)).items()})
+    result.latency_ms_p50 = inferred["saved_model"].latency_ms_p50
     # Logged and registered last, so a job that fails in any stage registers nothing.
-    example = data.normalize(datasets.test.images[:2]).numpy()
-    model_uri = models.log_model(exported.model, exported.saved_model_dir, example)
-    refusal = registry.gate(config.tracking, evaluated.accuracy, inferred.agreement)
-    if refusal:
-        logger.warning("%s: not registered: %s", config.tracking.registered_model, refusal)
-        runs.set_tags({"registry.skipped": refusal})
-        result.registered = f"not registered ({refusal})"
-    elif config.tracking.registered_model:
-        version = registry.register(model_uri, config.tracking.registered_model, {
-            "precision.policy": policy, "export.policy": exported.policy, "run_id": run_id,
-            "data.batch_size": str(config.data.batch_size), "sweep.id": sweep_id or "",
-        }, description=(
-            f"{config.model.name} trained on {config.data.name} under {policy} (batch {config.data.batch_size}), "
-            f"served under {exported.policy}; eval accuracy {evaluated.accuracy:.4f}, "
-            f"export parity {inferred.agreement:.4f}"
-        ))
-        result.registered = f"{config.tracking.registered_model} version {version}"
+    with stopwatch.part("log_model"):
+        example = data.normalize(datasets.test.images[:2]).numpy()
+        model_uris = {"saved_model": models.log_model(exported.model, exported.saved_model_dir, example)}
+        model_uris |= {name: models.log_litert_model(name, path, example)
+                       for name, path in exported.litert_files.items()}
+    with stopwatch.part("register"):
+        registered = [_register(config, model_uris[name], run_id, sweep_id, policy, exported.policy, name,
+                                # The SavedModel is the trained model: its accuracy is the evaluate stage's.
+                                evaluated.accuracy if name == "saved_model" else figures.accuracy, figures.agreement)
+                      for name, figures in inferred.items()]
+    result.registered = ", ".join(text for text in registered if text) or None
     return result
+
+
+def _metric_prefix(export_format: str) -> str:
+    return "infer" if export_format == "saved_model" else f"infer/{export_format}"
+
+
+def _register(config, model_uri, run_id, sweep_id, policy, serving_policy, export_format, accuracy,
+              agreement) -> str | None:
+    """Registers a logged model if it passes the gate; returns what the summary says of it."""
+    refusal = registry.gate(config.tracking, accuracy, agreement)
+    if refusal:
+        logger.warning("%s (%s): not registered: %s", config.tracking.registered_model, export_format, refusal)
+        runs.set_tags({"registry.skipped" if export_format == "saved_model" else f"registry.skipped.{export_format}":
+                       refusal})
+        return f"{export_format} not registered ({refusal})"
+    if not config.tracking.registered_model:
+        return None
+    version = registry.register(model_uri, config.tracking.registered_model, {
+        "precision.policy": policy, "export.policy": serving_policy, "export.format": export_format,
+        "run_id": run_id, "data.batch_size": str(config.data.batch_size), "sweep.id": sweep_id or "",
+    }, description=(
+        f"{config.model.name} trained on {config.data.name} under {policy} (batch {config.data.batch_size}), "
+        f"exported as {export_format} (serving policy {serving_policy}); accuracy {accuracy:.4f}, "
+        f"export parity {agreement:.4f}"
+    ))
+    return f"{config.tracking.registered_model} version {version}" + (
+        f" ({export_format})" if export_format != "saved_model" else "")
 
 
 def train_as_worker(config: DictConfig) -> None:

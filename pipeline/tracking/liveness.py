@@ -12,6 +12,8 @@ import socket
 
 from mlflow.entities import RunStatus
 
+from pipeline.tracking import pages
+
 logger = logging.getLogger("pipeline")
 
 HOST_TAG, PID_TAG, START_TAG = "process.host", "process.pid", "process.start_time"
@@ -28,7 +30,8 @@ def end_runs_of_dead_processes(client, experiment_id: str) -> list[str]:
     if _start_time(os.getpid()) is None:
         return []  # no /proc here: liveness cannot be told, so nothing is ended
     host = socket.gethostname()
-    running = client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'")
+    running = pages.search_all_runs(client, [experiment_id],
+                                    f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'")
     ended = []
     for run in running:
         pid, start_time = run.data.tags.get(PID_TAG, ""), run.data.tags.get(START_TAG, "")

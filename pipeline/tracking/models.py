@@ -17,32 +17,60 @@ def log_model(model, saved_model_dir, input_example) -> str:
     as a Keras model, the reference that inference from the registry compares against.
     """
     import keras
+
+    keras.config.disable_interactive_logging()  # MLflow's predict on the example would draw a progress bar
+    served_uri = _log_pyfunc("model", {"saved_model": str(saved_model_dir)}, input_example)
+    mlflow.tensorflow.log_model(model, name="keras_model", signature=_signature(input_example),
+                                pip_requirements=_requirements())
+    mlflow.log_artifacts(str(saved_model_dir), "serving_saved_model")  # browsable beside the run
+    mlflow.set_tag("keras_model_uri", f"runs:/{mlflow.active_run().info.run_id}/keras_model")
+    return served_uri
+
+
+def log_litert_model(export_format: str, path, input_example) -> str:
+    """Logs a LiteRT file as a servable pyfunc model named model_<format> (the same input checks as the
+    SavedModel's); returns its URI."""
+    import ai_edge_litert
+
+    return _log_pyfunc(f"model_{export_format}", {"litert_model": str(path)}, input_example,
+                       [f"ai-edge-litert=={ai_edge_litert.__version__}"])
+
+
+def _log_pyfunc(name: str, artifacts: dict[str, str], input_example, extra_requirements=()) -> str:
+    """The served model: tracking/serving.py's ImageClassifier over `artifacts`, as code (not a pickle),
+    with the image signature and the input example."""
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=str(pathlib.Path(serving.__file__).with_name("serving_model.py")),
+        artifacts=artifacts,
+        code_paths=[str(pathlib.Path(pipeline.__file__).parent)],  # the pipeline package, so it loads anywhere
+        signature=_signature(input_example),
+        input_example=input_example,
+        pip_requirements=[*_requirements(), *extra_requirements],
+    ).model_uri
+
+
+def _signature(input_example):
+    """float32 images (batch, 28, 28, 1) in, float32 logits (batch, 10) out."""
     import numpy as np
-    import tensorflow as tf
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
-    signature = ModelSignature(
+    from pipeline.core.data import NUM_CLASSES
+
+    return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *input_example.shape[1:]), "image")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, model.output_shape[-1]), "logits")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, NUM_CLASSES), "logits")]),
     )
-    # Listing the requirements skips MLflow's inference of them, which re-imports the model in a
+
+
+def _requirements() -> list[str]:
+    # Listing them skips MLflow's inference of requirements, which re-imports the model in a
     # subprocess and costs tens of seconds per job.
-    requirements = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}"]
-    keras.config.disable_interactive_logging()  # MLflow's predict on the example would draw a progress bar
-    served = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=str(pathlib.Path(serving.__file__).with_name("serving_model.py")),  # code, not a pickle
-        artifacts={"saved_model": str(saved_model_dir)},
-        code_paths=[str(pathlib.Path(pipeline.__file__).parent)],  # the pipeline package, so it loads anywhere
-        signature=signature,
-        input_example=input_example,
-        pip_requirements=requirements,
-    )
-    mlflow.tensorflow.log_model(model, name="keras_model", signature=signature, pip_requirements=requirements)
-    mlflow.log_artifacts(str(saved_model_dir), "serving_saved_model")  # browsable beside the run
-    mlflow.set_tag("keras_model_uri", f"runs:/{mlflow.active_run().info.run_id}/keras_model")
-    return served.model_uri
+    import keras
+    import tensorflow as tf
+
+    return [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}"]
 
 
 def resolve(model_uri: str) -> str:

@@ -38,17 +38,24 @@ def validate_images(images) -> np.ndarray:
 
 
 class ImageClassifier(mlflow.pyfunc.PythonModel):
-    """Serves the SavedModel logged as artifact `saved_model`; returns float32 logits (batch, 10)."""
+    """Serves the SavedModel logged as artifact `saved_model`, or the LiteRT file logged as
+    `litert_model`; returns float32 logits (batch, 10)."""
 
     def load_context(self, context) -> None:
+        if "litert_model" in context.artifacts:
+            from pipeline.stages import litert
+
+            self._predict = litert.Runner(context.artifacts["litert_model"])  # a flatbuffer: no Python code runs
+            return
         import tensorflow as tf
 
-        self._loaded = tf.saved_model.load(context.artifacts["saved_model"])  # a graph: no Python code runs
+        loaded = tf.saved_model.load(context.artifacts["saved_model"])  # a graph: no Python code runs
+        self._predict = lambda images: loaded.serve(images).numpy()
 
     # np.ndarray: a type hint MLflow accepts without inferring a schema from it; validate_images checks
     # the input (without a hint, MLflow warns at every import that it wants one).
     def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
-        return self._loaded.serve(validate_images(model_input)).numpy()
+        return self._predict(validate_images(model_input))
 
 
 def _reject(message: str):

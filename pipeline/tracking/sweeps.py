@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 
 from pipeline.analysis import report
 from pipeline.config import TrackingConfig
-from pipeline.tracking import liveness, store
+from pipeline.tracking import liveness, pages, store
 
 SWEEP_ID_TAG = "sweep.id"
 SWEEP_ROLE_TAG = "sweep.role"
@@ -57,14 +57,21 @@ def sweep_tags(tracking_config: TrackingConfig, sweep_id: str) -> dict[str, str]
     return tags
 
 
+def sweep_jobs(tracking_config: TrackingConfig, parent_run) -> list:
+    """The child runs of a sweep's parent run, oldest first: every one, however many."""
+    return pages.search_all_runs(store.client(tracking_config.uri), [parent_run.info.experiment_id],
+                                 f"tags.`{PARENT_RUN_TAG}` = '{parent_run.info.run_id}'",
+                                 order_by=["attributes.start_time ASC"])
+
+
 def write_report(tracking_config: TrackingConfig, parent_run, report_dir) -> report.Report:
     """Builds the report of a sweep's jobs into `report_dir` and logs its files on the parent run, under report/."""
     client = store.client(tracking_config.uri)
-    query = f"tags.`{PARENT_RUN_TAG}` = '{parent_run.info.run_id}'"
-    jobs = client.search_runs([parent_run.info.experiment_id], query, order_by=["attributes.start_time ASC"])
+    jobs = sweep_jobs(tracking_config, parent_run)
+    plotted = report.loss_curve_jobs(jobs)  # one request per curve: a bounded number of curves
     loss_histories = {job.info.run_id: [(point.step, point.value)
                                         for point in client.get_metric_history(job.info.run_id, "train/loss")]
-                      for job in jobs}
+                      for job in plotted}
     sweep_report = report.make_report(jobs, loss_histories, report_dir)
     client.log_artifacts(parent_run.info.run_id, str(report_dir), "report")
     return sweep_report

@@ -1,0 +1,44 @@
+"""Sweeps at scale: reports and promotion over more runs than one MLflow page, memory flat across jobs."""
+
+import numpy as np
+import pytest
+from helpers import MODEL_NAME, QUICK_INFER, run_pipeline, synthetic_sweep
+
+from pipeline.analysis import champion
+from pipeline.tracking import registry, sweeps
+from pipeline.tracking import store as store_lib
+
+JOBS = 1200  # past MLflow's 1,000 runs (and versions) a request
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_report_and_promotion_read_every_run_and_version_of_a_large_sweep(compose, store, tmp_path):
+    tracking_config = compose(store.overrides).tracking
+    experiment_id = store_lib.prepare(tracking_config)
+    parent_id = synthetic_sweep(store.client(), experiment_id, JOBS, register_as=MODEL_NAME)
+    parent = store.client().get_run(parent_id)
+
+    report = sweeps.write_report(tracking_config, parent, tmp_path / "report")
+    assert len(report.jobs) == JOBS and sum(row["n"] for row in report.rows) == JOBS
+    assert len(report.rows) == 12  # 3 policies x 4 batch sizes, 100 seeds each
+    assert {row["n"] for row in report.rows} == {100}
+
+    candidates = registry.sweep_candidates(tracking_config, MODEL_NAME, parent, "infer/examples_per_sec")
+    assert len(candidates) == JOBS
+    chosen, _ = champion.choose_champion(candidates, compose([], config_name="promote").rule)
+    assert chosen.version in {candidate.version for candidate in candidates}
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_memory_stays_flat_across_the_jobs_of_a_sweep(tmp_path, store, real_data):
+    jobs = 12
+    result = run_pipeline(["-m", f"train.seed=range({jobs})", *real_data, "train.max_steps=20",
+                           "tracking.registered_model=null", *QUICK_INFER, *store.overrides], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, children = store.sweep()
+    peaks = [run.data.metrics["train/peak_memory_mb"] for run in sorted(children, key=lambda run: run.info.start_time)]
+    assert len(peaks) == jobs
+    slope = np.polyfit(np.arange(1, jobs), peaks[1:], 1)[0]  # from the second job: the first pays one-off costs
+    assert slope < 3.0, f"{slope:.2f} MiB more per job: {[round(peak) for peak in peaks]}"
