@@ -1,6 +1,7 @@
 """train.jit_compile=auto: the probe picks the faster mode, caches its decision, skips what fails to
 compile, and changes nothing that is learned."""
 
+import functools
 import logging
 import time
 
@@ -28,7 +29,7 @@ def test_probe_picks_the_faster_of_two_modes_when_one_is_made_slower(compose, sl
     datasets = tiny_datasets()
 
     def build_call(mode):
-        call = steps.make_call(built, optimizer, datasets.train, mode)
+        call = functools.partial(steps.make_call(built, optimizer, mode), *steps.device_split(datasets.train))
 
         def slowed_call(indices):
             time.sleep(0.05)  # far above either mode's few milliseconds
@@ -49,7 +50,7 @@ def test_a_mode_that_fails_to_compile_is_skipped_with_a_warning(compose, caplog)
     def build_call(mode):
         if mode == JitCompile.true:
             raise tf.errors.UnimplementedError(None, None, "XLA cannot compile this here")
-        return steps.make_call(built, optimizer, datasets.train, mode)
+        return functools.partial(steps.make_call(built, optimizer, mode), *steps.device_split(datasets.train))
 
     with caplog.at_level(logging.WARNING, logger="pipeline"):
         choice = probe_with(built, optimizer, datasets, build_call, candidates=list(JitCompile)[1:])

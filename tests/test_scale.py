@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
-from helpers import MODEL_NAME, QUICK_INFER, run_pipeline, synthetic_sweep
+from helpers import MODEL_NAME, QUICK_INFER, run_pipeline, synthetic_sweep, tiny_datasets
 
 from pipeline.analysis import champion
+from pipeline.stages import run
 from pipeline.tracking import registry, sweeps
 from pipeline.tracking import store as store_lib
 
@@ -42,3 +43,20 @@ def test_memory_stays_flat_across_the_jobs_of_a_sweep(tmp_path, store, real_data
     assert len(peaks) == jobs
     slope = np.polyfit(np.arange(1, jobs), peaks[1:], 1)[0]  # from the second job: the first pays one-off costs
     assert slope < 3.0, f"{slope:.2f} MiB more per job: {[round(peak) for peak in peaks]}"
+
+
+def test_a_later_job_of_the_same_model_reuses_its_compiled_calls_and_learns_the_same(compose):
+    """Two jobs in one process: the second takes the first's model, optimizer and compiled calls back,
+    reset, and ends bit for bit where a job of its own would."""
+    results = []
+    for learning_rate in (0.001, 0.001, 0.01):
+        config = compose(["train.epochs=2", "train.deterministic=true", "train.jit_compile=step",
+                          f"train.learning_rate={learning_rate}", "precision=mixed_float16"])
+        results.append(run._build_and_train(config, None, tiny_datasets(), config.train.checkpoint_dir,
+                                            log_metric=None))
+    first, again, other_rate = results
+    assert again.model is first.model and again.optimizer is first.optimizer  # reused, not rebuilt
+    assert again.warmup_calls == 0  # its programs were compiled by the first job
+    assert again.final_loss == first.final_loss and again.loss_scale == first.loss_scale
+    assert float(other_rate.optimizer.learning_rate) == pytest.approx(0.01)  # the new job's rate, not the first's
+    assert other_rate.final_loss != first.final_loss

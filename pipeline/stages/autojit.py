@@ -45,8 +45,7 @@ class Choice:
     step_ms: dict[str, float] = dataclasses.field(default_factory=dict)  # per probed mode
     failed: dict[str, str] = dataclasses.field(default_factory=dict)  # modes that did not compile, and why
     probe_seconds: float = 0.0
-    train_call: Callable | None = None  # the chosen mode's call, compiled for `compiled_steps` steps
-    compiled_steps: int | None = None
+    compiled_steps: int | None = None  # the step count the probe compiled every mode it timed for
 
     def metrics(self) -> dict[str, float]:
         metrics = {f"train/jit_probe/{mode}_step_ms": value for mode, value in self.step_ms.items()}
@@ -114,13 +113,12 @@ def probe(candidates: list[JitCompile], build_call, indices_for, steps_per_call:
     step_count = _probe_step_count(build_call(JitCompile.false), indices_for, steps_per_call)
     _restore(variables, saved)
     indices = indices_for(step_count)
-    step_ms, failed, calls = {}, {}, {}
+    step_ms, failed = {}, {}
     for mode in candidates:
         try:
             call = build_call(mode)
             call(indices).numpy()  # compiles
             step_ms[str(mode)] = _time(call, indices, step_count, best_ms=min(step_ms.values(), default=None))
-            calls[mode] = call
         except Exception as error:  # a mode that cannot compile here is skipped, never a failed job
             failed[str(mode)] = f"{type(error).__name__}: {error}".splitlines()[0]
             logger.warning("train.jit_compile=auto: mode %s failed here and is skipped (%s)", mode, failed[str(mode)])
@@ -129,8 +127,7 @@ def probe(candidates: list[JitCompile], build_call, indices_for, steps_per_call:
     if not step_ms:
         return Choice(mode=JitCompile.false, source="probe", failed=failed)
     best = JitCompile(min(step_ms, key=step_ms.get))
-    return Choice(mode=best, source="probe", step_ms=step_ms, failed=failed, train_call=calls[best],
-                  compiled_steps=step_count)
+    return Choice(mode=best, source="probe", step_ms=step_ms, failed=failed, compiled_steps=step_count)
 
 
 def _probe_step_count(estimate_call, indices_for, steps_per_call: int) -> int:

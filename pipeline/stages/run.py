@@ -1,14 +1,16 @@
 """The four stages in order for one job, each one's result passed explicitly to the next, and
 each recorded in the job's MLflow run."""
 
+import collections
 import contextlib
 import dataclasses
+import json
 import logging
 import tempfile
 import time
 
 import tensorflow as tf
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pipeline import console
 from pipeline.core import data, device, distribute, model, precision
@@ -175,12 +177,46 @@ def _build_and_train(config: DictConfig, strategy, datasets: data.Datasets, chec
         # Process-wide and irreversible in TensorFlow: later jobs of a basic-launcher sweep stay deterministic.
         tf.config.experimental.enable_op_determinism()
     with distribute.reporting_lost_workers(config.distribute):
-        untrained = model.build_model(config.model, policy, seed=config.train.seed, strategy=strategy)
+        untrained, optimizer, calls = _trainer(config, policy, strategy)
         with distribute.scope(strategy):
-            optimizer = steps.make_optimizer(policy, config.train.learning_rate)
             checkpointer = checkpoints.Checkpointer(untrained, optimizer, checkpoint_dir,
                                                     config.train.checkpoint_every_steps)
         start_step = checkpointer.restore_latest() if config.train.resume else 0
         return train.train(untrained, datasets, config.train, policy, log_metric=log_metric, optimizer=optimizer,
                            start_step=start_step, on_steps_done=checkpointer.save_if_due, strategy=strategy,
-                           progress=progress)
+                           progress=progress, calls=calls)
+
+
+_TRAINERS_KEPT = 8  # models (with their compiled calls) kept per process: a sweep's distinct models and policies
+_trainers: collections.OrderedDict[str, tuple] = collections.OrderedDict()
+
+
+def _trainer(config: DictConfig, policy: str, strategy) -> tuple:
+    """The job's model (its initial weights from train.seed), a fresh optimizer, and their compiled calls.
+
+    A job that trains the same model under the same policy as an earlier job of this process takes
+    that job's model and optimizer objects back, reset to this job's initial weights and a fresh
+    optimizer state, with the calls compiled for them: a sweep's jobs then reuse compiled programs
+    instead of adding new ones that TensorFlow never frees (steps.Calls). What is learned is the same:
+    the same initial values, the same programs.
+    """
+    built = model.build_model(config.model, policy, seed=config.train.seed, strategy=strategy)
+    if strategy is not None:  # one job per process under a strategy: nothing to keep
+        with distribute.scope(strategy):
+            return built, steps.make_optimizer(policy, config.train.learning_rate), None
+    key = json.dumps([OmegaConf.to_container(config.model, resolve=True), policy], sort_keys=True)
+    if key not in _trainers:
+        optimizer = steps.make_optimizer(policy, config.train.learning_rate)
+        optimizer.build(built.trainable_variables)
+        _trainers[key] = (built, optimizer, [variable.numpy() for variable in optimizer.variables],
+                          steps.Calls(built, optimizer))
+        while len(_trainers) > _TRAINERS_KEPT:
+            _trainers.popitem(last=False)
+        return built, optimizer, _trainers[key][3]
+    _trainers.move_to_end(key)
+    kept, optimizer, initial_state, calls = _trainers[key]
+    kept.set_weights(built.get_weights())
+    for variable, value in zip(optimizer.variables, initial_state):
+        variable.assign(value)
+    optimizer.learning_rate = config.train.learning_rate
+    return kept, optimizer, calls

@@ -4,6 +4,8 @@ make_call serves one device; make_distributed_call the replicas of a tf.distribu
 Both take each call's batches as example indices into the device-resident split.
 """
 
+import functools
+
 import keras
 import tensorflow as tf
 
@@ -29,12 +31,28 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         return tf.equal(non_finite_replicas, 0.0)
 
 
+class Adam(keras.optimizers.Adam):
+    """Keras's Adam, without a cross-replica sum when there is one replica and no strategy.
+
+    Keras sums gradients with the replica context's all_reduce even then, and TensorFlow wraps that
+    all_reduce in a custom gradient, which registers a gradient function in a process-wide registry
+    that is never emptied: each traced training call (its graph, and anything it captures) then stays
+    in memory for the life of the process, tens of MiB per job of a sweep. One replica's sum is its
+    own gradient, so the sum is skipped there.
+    """
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        if not tf.distribute.has_strategy() and tf.distribute.get_replica_context().num_replicas_in_sync == 1:
+            return list(grads_and_vars)
+        return super()._all_reduce_sum_gradients(grads_and_vars)
+
+
 def make_optimizer(policy: str, learning_rate: float) -> keras.optimizers.Optimizer:
     """Adam, wrapped in dynamic loss scaling for float16 (bfloat16 and float32 need none).
 
     Under a strategy, call it inside strategy.scope() so its variables are mirrored.
     """
-    optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
+    optimizer = Adam(learning_rate=learning_rate)
     if policy == "mixed_float16":
         optimizer = LossScaleOptimizer(optimizer)
     return optimizer
@@ -66,8 +84,19 @@ def make_step(model: keras.Model, optimizer):
     return train_step
 
 
-def make_call(model: keras.Model, optimizer, split: data.Split, jit_compile: str):
-    """A compiled call running one optimizer step per row of `batch_indices` (steps, batch size).
+def device_split(split: data.Split, strategy=None) -> tuple:
+    """The training split on the device, once per job: a uint8 image tensor and its labels (one copy per
+    replica under a strategy). Calls take them as arguments rather than capture them: a captured
+    tensor lives as long as the traced graph, and TensorFlow keeps traced graphs past the job."""
+    if strategy is None:
+        return tf.constant(split.images), tf.constant(split.labels)
+    return (strategy.experimental_distribute_values_from_function(lambda _: tf.constant(split.images)),
+            strategy.experimental_distribute_values_from_function(lambda _: tf.constant(split.labels)))
+
+
+def make_call(model: keras.Model, optimizer, jit_compile: str):
+    """A compiled call `train_call(images, labels, batch_indices)` running one optimizer step per row of
+    `batch_indices` (steps, batch size), on the device-resident split (device_split).
 
     `jit_compile`: "false" (TensorFlow's graph executor), "step" (XLA compiles each step, the
     loop of steps runs in the graph executor, as Keras's fit does) or "true" (XLA compiles the
@@ -76,24 +105,22 @@ def make_call(model: keras.Model, optimizer, split: data.Split, jit_compile: str
 
     XLA needs the trip count and slice sizes static, and compiles again for every distinct value
     of anything that sets them; so the call takes its batches' example indices as one tensor,
-    cut from the epoch's order outside. Each distinct step count (steps_per_call, and the few
-    shorter calls at epoch ends and checkpoints) compiles once.
+    cut from the epoch's order outside. Each distinct step count (steps_per_call, and the last,
+    shorter call) compiles once.
     """
     step = make_step(model, optimizer)
     if jit_mode(jit_compile) == JitCompile.step:
         step = tf.function(step, jit_compile=True)
-    images = tf.constant(split.images)
-    labels = tf.constant(split.labels)
 
     @tf.function(jit_compile=jit_mode(jit_compile) == JitCompile.true)
-    def train_call(batch_indices):
+    def train_call(images, labels, batch_indices):
         return _each_step(batch_indices, lambda batch: step(data.normalize(tf.gather(images, batch)),
                                                             tf.gather(labels, batch)))
 
     return train_call
 
 
-def make_distributed_call(model: keras.Model, optimizer, split: data.Split, jit_compile: str, strategy):
+def make_distributed_call(model: keras.Model, optimizer, jit_compile: str, strategy):
     """make_call under a tf.distribute strategy: `batch_indices` is (steps, replicas, per replica).
 
     Every replica holds the whole split on its device and takes its own row of each step's
@@ -111,8 +138,6 @@ def make_distributed_call(model: keras.Model, optimizer, split: data.Split, jit_
 
     if jit_mode(jit_compile) == JitCompile.step:
         loss_and_gradients = tf.function(loss_and_gradients, jit_compile=True)
-    images = strategy.experimental_distribute_values_from_function(lambda _: tf.constant(split.images))
-    labels = strategy.experimental_distribute_values_from_function(lambda _: tf.constant(split.labels))
 
     def replica_step(images, labels, step_indices):
         replica_indices = tf.gather(step_indices, tf.distribute.get_replica_context().replica_id_in_sync_group)
@@ -123,11 +148,32 @@ def make_distributed_call(model: keras.Model, optimizer, split: data.Split, jit_
         return loss
 
     @tf.function
-    def train_call(batch_indices):
+    def train_call(images, labels, batch_indices):
         return _each_step(batch_indices, lambda step_indices: strategy.reduce(
             tf.distribute.ReduceOp.SUM, strategy.run(replica_step, args=(images, labels, step_indices)), axis=None))
 
     return train_call
+
+
+class Calls:
+    """The compiled training calls of one model and optimizer, by mode, with the step counts each has
+    compiled. A sweep whose jobs train the same model again keeps them (stages/run.py): each program
+    then compiles once per process. XLA's compilation cache never evicts, so a program compiled anew
+    for every job would grow the process by several MiB a job (tensorflow/tensorflow#64170).
+    """
+
+    def __init__(self, model: keras.Model, optimizer, strategy=None) -> None:
+        self.model, self.optimizer, self.strategy = model, optimizer, strategy
+        self._functions: dict[JitCompile, object] = {}
+        self.compiled: dict[JitCompile, set[int]] = {}  # step counts each mode's call has compiled
+
+    def bound(self, mode: JitCompile, split_on_device: tuple):
+        """The call of `mode` bound to the device-resident split: it then takes batch indices alone."""
+        if mode not in self._functions:
+            self._functions[mode] = (make_call(self.model, self.optimizer, mode) if self.strategy is None else
+                                     make_distributed_call(self.model, self.optimizer, mode, self.strategy))
+            self.compiled[mode] = set()
+        return functools.partial(self._functions[mode], *split_on_device)
 
 
 def _each_step(batch_indices, run_step):

@@ -132,7 +132,7 @@ class BatchOrder:
 def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig, policy: str,
           log_metric: MetricSink | None = None, optimizer=None, start_step: int = 0,
           on_steps_done: Callable[[int], None] | None = None, strategy=None,
-          progress: ProgressSink | None = None) -> TrainResult:
+          progress: ProgressSink | None = None, calls: steps.Calls | None = None) -> TrainResult:
     """Trains for train.epochs passes, or train.max_steps optimizer steps if that comes first.
 
     Args:
@@ -147,6 +147,7 @@ def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig
         strategy: the tf.distribute strategy the model and optimizer were built under (None: no
             strategy); each of its replicas takes an equal share of the batch size.
         progress: receives what the loop already knows after every call (no extra host sync).
+        calls: the compiled calls of this model and optimizer, kept from an earlier job; new ones if None.
     """
     optimizer = optimizer or steps.make_optimizer(policy, train_config.learning_rate)
     if not optimizer.built:  # its state must exist before the jit probe saves and restores it
@@ -155,9 +156,13 @@ def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig
     batch_size = datasets.batch_size
     order = BatchOrder(len(datasets.train.labels), batch_size, _batch_shape(strategy, batch_size), train_config.seed)
     total_steps = min(train_config.epochs * order.steps_per_epoch, train_config.max_steps or math.inf)
-    choice = _choose_jit_mode(model, optimizer, datasets, train_config, policy, strategy, order, start_step)
-    train_call = choice.train_call or _build_call(model, optimizer, datasets, strategy, choice.mode)
-    compiled_step_counts = {choice.compiled_steps} if choice.train_call else set()
+    calls = calls or steps.Calls(model, optimizer, strategy)
+    split_on_device = steps.device_split(datasets.train, strategy)  # one copy, shared by the probe's calls
+    choice = _choose_jit_mode(calls, split_on_device, train_config, policy, order, start_step)
+    for probed in choice.step_ms if choice.source == "probe" else ():
+        calls.compiled[JitCompile(probed)].add(choice.compiled_steps)
+    train_call = calls.bound(choice.mode, split_on_device)
+    compiled_step_counts = calls.compiled[choice.mode]
     call_seconds, call_steps, warmup, loss_points = [], [], [], []
     step, loss_value = start_step, math.nan
     last_flush = time.monotonic()
@@ -202,23 +207,17 @@ def _batch_shape(strategy, batch_size: int) -> tuple[int, ...]:
     return (strategy.num_replicas_in_sync, distribute.replica_batch_size(strategy, batch_size))
 
 
-def _build_call(model, optimizer, datasets: data.Datasets, strategy, mode: JitCompile):
-    if strategy is None:
-        return steps.make_call(model, optimizer, datasets.train, mode)
-    return steps.make_distributed_call(model, optimizer, datasets.train, mode, strategy)
-
-
-def _choose_jit_mode(model, optimizer, datasets, train_config: TrainConfig, policy: str, strategy,
+def _choose_jit_mode(calls: steps.Calls, split_on_device: tuple, train_config: TrainConfig, policy: str,
                      order: BatchOrder, start_step: int) -> autojit.Choice:
     return autojit.choose(
         jit_mode(train_config.jit_compile),
-        autojit.candidate_modes(model, strategy),
-        build_call=lambda mode: _build_call(model, optimizer, datasets, strategy, mode),
+        autojit.candidate_modes(calls.model, calls.strategy),
+        build_call=lambda mode: calls.bound(mode, split_on_device),
         indices_for=lambda step_count: order.indices(start_step, step_count),
         steps_per_call=train_config.steps_per_call,
-        variables=[*model.variables, *optimizer.variables],
+        variables=[*calls.model.variables, *calls.optimizer.variables],
         cache_file=train_config.jit_cache_file,
-        key=autojit.cache_key(model, policy, order.batch_shape[-1], train_config.steps_per_call, strategy),
+        key=autojit.cache_key(calls.model, policy, order.batch_shape[-1], train_config.steps_per_call, calls.strategy),
     )
 
 
