@@ -35,6 +35,7 @@ DTYPES = {"float32": tf.float32, "mixed_float16": tf.float16, "mixed_bfloat16": 
 # The benchmark's models, as overrides of conf/ (the wide MLP is matmul-bound: the roofline check).
 MODELS = {"mlp": ["model=mlp"], "cnn": ["model=cnn"], "mlp_wide": ["model=mlp", "model.hidden_units=4096"]}
 SCRATCH = pathlib.Path(tempfile.mkdtemp(prefix="benchmark-"))
+IDX_DIR = "/usr/share/datasets/fashion-mnist"  # --idx-dir
 
 
 def compose(overrides: list[str]):
@@ -247,6 +248,35 @@ def section_serving(split, quick) -> list[dict]:
     return rows
 
 
+def section_litert(split, quick) -> list[dict]:
+    """Each export format of the MLP and the CNN (float32, one epoch), measured as the infer stage measures
+    it on the test split: size, accuracy, agreement with Keras, batch-1 latency, batch-1024 throughput."""
+    from pipeline.stages import evaluate
+
+    test_split = data.read_idx_split(IDX_DIR, "test")
+    datasets = data.Datasets(split, test_split, 128, data.make_batches(test_split, 1024))
+    formats = "[" + ",".join(config.ExportFormat) + "]"
+    rows = []
+    for model_name in ("mlp", "cnn"):
+        composed = compose([*MODELS[model_name], f"export.dir={SCRATCH}/litert-{model_name}",
+                            f"export.formats={formats}", f"infer.latency_runs={300 if quick else 1000}",
+                            "infer.throughput_runs=20"])
+        trained = train_pipeline(split, model_name, "float32", 128, 100 if quick else 468, "auto",
+                                 cache_file=SCRATCH / "jit-litert.json").model
+        reference = evaluate.evaluate(trained, datasets)
+        exported = export.export(trained, composed.export, composed.model, "float32", 0, calibration_split=split)
+        measured = {"saved_model": infer.infer(exported.saved_model_dir, test_split, reference.logits, composed.infer)}
+        measured |= {name: infer.infer_litert(path, test_split, reference.logits, composed.infer)
+                     for name, path in exported.litert_files.items()}
+        for name, figures in measured.items():
+            rows.append({"model": model_name, "format": name, "size_bytes": figures.size_bytes,
+                         "accuracy": figures.accuracy, "agreement": figures.agreement,
+                         "latency_ms_p50": figures.latency_ms_p50, "latency_ms_p99": figures.latency_ms_p99,
+                         "examples_per_sec": figures.examples_per_sec})
+            print(_line(rows[-1]), flush=True)
+    return rows
+
+
 def section_tracking_overhead(split, quick) -> dict:
     """The same training steps without and with train/loss going to a real SQLite store, and with live
     progress on top (plain log lines, as off a terminal, and a tqdm bar, as on one).
@@ -380,7 +410,7 @@ def section_ops(split, quick) -> list[dict]:
 
 SECTIONS = {"training": section_training, "auto": section_auto, "roofline": section_roofline,
             "inference": section_inference, "tracking": section_tracking_overhead, "startup": section_startup,
-            "http": section_http, "ops": section_ops, "serving": section_serving}
+            "http": section_http, "ops": section_ops, "serving": section_serving, "litert": section_litert}
 
 
 def _line(row: dict) -> str:
@@ -396,6 +426,8 @@ def main() -> None:
     parser.add_argument("--json", default="outputs/benchmark.json", help="where to write the figures")
     arguments = parser.parse_args()
     keras.config.disable_interactive_logging()
+    global IDX_DIR
+    IDX_DIR = arguments.idx_dir
     split = data.read_idx_split(arguments.idx_dir, "train")
     cpu_flags = device.read_cpu_flags()
     hardware = {policy: precision.hardware_support(policy, device.gpu_compute_capability(), cpu_flags)[1]

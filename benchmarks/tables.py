@@ -52,6 +52,13 @@ def main(path: str) -> None:
         "p99 ms (batch 1)": "{latency_ms_p99:.3f}", "examples/s (batch 1024)": "{examples_per_sec_batch_1024:,.0f}",
         "first call at a new batch size, ms": "{new_batch_size_ms:.1f}",
     }, results.get("serving", []))
+    litert = [row | {"size": "-" if row["size_bytes"] is None else f"{row['size_bytes']:,.0f}"}
+              for row in results.get("litert", [])]
+    print_table("Export formats, float32 models trained one epoch, measured on the 10,000 test images", {
+        "model": "{model}", "format": "{format}", "size (bytes)": "{size}", "accuracy": "{accuracy:.4f}",
+        "agreement with Keras": "{agreement:.4f}", "p50 ms (batch 1)": "{latency_ms_p50:.4f}",
+        "examples/s (batch 1024)": "{examples_per_sec:,.0f}",
+    }, litert)
     print_table("Where the CNN's reduced-precision time goes: forward+backward of its own ops, batch 256, ms", {
         "op": "{op}", "float32": "{float32_ms:.2f}", "float16": "{mixed_float16_ms:.2f}",
         "bfloat16": "{mixed_bfloat16_ms:.2f}", "float16/float32": "{float16_vs_float32:.1f}x",

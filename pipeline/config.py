@@ -156,6 +156,7 @@ class TrackingConfig:
     registered_model: str | None = MISSING
     register_min_accuracy: float = MISSING
     register_min_agreement: float = MISSING
+    register_min_agreement_int8: float = MISSING
     system_metrics: bool = MISSING
     system_metrics_interval: float = MISSING
 
@@ -231,7 +232,7 @@ def validate(config, in_sweep: bool = False) -> None:
                           "served model and the source of the LiteRT conversions; add it to the list")
     _require_positive(config, "export.calibration_examples")
     _require_positive(config, "tracking.system_metrics_interval")
-    for key in ("register_min_accuracy", "register_min_agreement"):
+    for key in ("register_min_accuracy", "register_min_agreement", "register_min_agreement_int8"):
         if not 0 <= config.tracking[key] <= 1:
             raise ConfigError(f"tracking.{key}={config.tracking[key]} must be between 0 and 1")
     stages = list(config.stages)

@@ -105,7 +105,8 @@ def _post(port: int, payload: dict | None) -> tuple[int | None, dict]:
                                      headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read() or b"{}")
+            body = response.read()
+            return response.status, json.loads(body) if body.strip().startswith(b"{") else {}
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"{}")
     except OSError:

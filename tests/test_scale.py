@@ -34,7 +34,7 @@ def test_report_and_promotion_read_every_run_and_version_of_a_large_sweep(compos
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_memory_stays_flat_across_the_jobs_of_a_sweep(tmp_path, store, real_data):
-    jobs = 12
+    jobs = 20  # peaks vary by some 30 MiB from job to job: enough jobs for the slope to mean something
     result = run_pipeline(["-m", f"train.seed=range({jobs})", *real_data, "train.max_steps=20",
                            "tracking.registered_model=null", *QUICK_INFER, *store.overrides], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -42,7 +42,7 @@ def test_memory_stays_flat_across_the_jobs_of_a_sweep(tmp_path, store, real_data
     peaks = [run.data.metrics["train/peak_memory_mb"] for run in sorted(children, key=lambda run: run.info.start_time)]
     assert len(peaks) == jobs
     slope = np.polyfit(np.arange(1, jobs), peaks[1:], 1)[0]  # from the second job: the first pays one-off costs
-    assert slope < 3.0, f"{slope:.2f} MiB more per job: {[round(peak) for peak in peaks]}"
+    assert slope < 5.0, f"{slope:.2f} MiB more per job: {[round(peak) for peak in peaks]}"  # it was 57.7
 
 
 def test_a_later_job_of_the_same_model_reuses_its_compiled_calls_and_learns_the_same(compose):

@@ -72,8 +72,7 @@ def choose_champion(candidates: list[Candidate], rule) -> tuple[Candidate, str]:
     floor = max(baselines) - rule.accuracy_tolerance
     qualified = [candidate for candidate in candidates
                  if candidate.accuracy is not None and candidate.accuracy >= floor
-                 and candidate.agreement is not None and candidate.agreement >= rule.min_agreement
-                 and candidate.score is not None]
+                 and _agrees(candidate, rule) and candidate.score is not None]
     if not qualified:
         raise NoChampionError(
             f"no version has eval accuracy >= {floor:.4f} (best float32 {max(baselines):.4f} - "
@@ -85,6 +84,14 @@ def choose_champion(candidates: list[Candidate], rule) -> tuple[Candidate, str]:
               f"{len(qualified)} of {len(candidates)} versions with accuracy >= {floor:.4f} and agreement >= "
               f"{rule.min_agreement}")
     return best, reason
+
+
+def _agrees(candidate: Candidate, rule) -> bool:
+    """Export parity at least the rule's floor: rule.min_agreement_int8 for the int8 formats, which round
+    weights and activations, rule.min_agreement for the others."""
+    floor = rule.get("min_agreement_int8", rule.min_agreement) if candidate.export_format.endswith("int8") \
+        else rule.min_agreement
+    return candidate.agreement is not None and candidate.agreement >= floor
 
 
 def _choose_by_interval(candidates: list[Candidate], rule) -> tuple[Candidate, str]:
@@ -105,8 +112,7 @@ def _choose_by_interval(candidates: list[Candidate], rule) -> tuple[Candidate, s
                                          and partners[member.seed].accuracy is not None)
         passes_accuracy = policy == "float32" or (delta is not None and delta.has_interval
                                                   and delta.high > -rule.accuracy_tolerance)
-        passes_parity = all(member.agreement is not None and member.agreement >= rule.min_agreement
-                            for member in members)
+        passes_parity = all(_agrees(member, rule) for member in members)
         scores = [member.score for member in members if member.score is not None]
         if passes_accuracy and passes_parity and scores:
             qualified.append((sum(scores) / len(scores), members))

@@ -122,9 +122,7 @@ def _run_stages(config, run_name, run_id, sweep_id, checkpoint_dir, stopwatch: S
                        for name, path in exported.litert_files.items()}
     with stopwatch.part("register"):
         registered = [_register(config, model_uris[name], run_id, sweep_id, policy, exported.policy, name,
-                                # The SavedModel is the trained model: its accuracy is the evaluate stage's.
-                                evaluated.accuracy if name == "saved_model" else figures.accuracy, figures.agreement)
-                      for name, figures in inferred.items()]
+                                evaluated.accuracy, figures) for name, figures in inferred.items()]
     result.registered = ", ".join(text for text in registered if text) or None
     return result
 
@@ -133,10 +131,15 @@ def _metric_prefix(export_format: str) -> str:
     return "infer" if export_format == "saved_model" else f"infer/{export_format}"
 
 
-def _register(config, model_uri, run_id, sweep_id, policy, serving_policy, export_format, accuracy,
-              agreement) -> str | None:
-    """Registers a logged model if it passes the gate; returns what the summary says of it."""
-    refusal = registry.gate(config.tracking, accuracy, agreement)
+def _register(config, model_uri, run_id, sweep_id, policy, serving_policy, export_format, eval_accuracy,
+              figures) -> str | None:
+    """Registers a logged model if it passes the gate; returns what the summary says of it.
+
+    The SavedModel is the trained model: its accuracy is the evaluate stage's; a LiteRT file is
+    judged on its own accuracy over the test split.
+    """
+    accuracy = eval_accuracy if export_format == "saved_model" else figures.accuracy
+    refusal = registry.gate(config.tracking, accuracy, figures.agreement, export_format)
     if refusal:
         logger.warning("%s (%s): not registered: %s", config.tracking.registered_model, export_format, refusal)
         runs.set_tags({"registry.skipped" if export_format == "saved_model" else f"registry.skipped.{export_format}":
@@ -149,8 +152,8 @@ def _register(config, model_uri, run_id, sweep_id, policy, serving_policy, expor
         "run_id": run_id, "data.batch_size": str(config.data.batch_size), "sweep.id": sweep_id or "",
     }, description=(
         f"{config.model.name} trained on {config.data.name} under {policy} (batch {config.data.batch_size}), "
-        f"exported as {export_format} (serving policy {serving_policy}); accuracy {accuracy:.4f}, "
-        f"export parity {agreement:.4f}"
+        f"exported as {export_format} (serving policy {serving_policy}); eval accuracy {eval_accuracy:.4f}, "
+        f"{export_format} accuracy {figures.accuracy:.4f}, export parity {figures.agreement:.4f}"
     ))
     return f"{config.tracking.registered_model} version {version}" + (
         f" ({export_format})" if export_format != "saved_model" else "")

@@ -19,16 +19,20 @@ def register(model_uri: str, name: str, tags: dict[str, str], description: str) 
     return version.version
 
 
-def gate(tracking_config: TrackingConfig, accuracy: float, agreement: float) -> str | None:
-    """Why a job's model must not be registered (below a floor), or None when it may be."""
+def gate(tracking_config: TrackingConfig, accuracy: float, agreement: float,
+         export_format: str = "saved_model") -> str | None:
+    """Why a job's model must not be registered (below a floor), or None when it may be.
+
+    int8 formats round weights and activations: their parity with the float model has its own floor.
+    """
     if not tracking_config.registered_model:
         return None
     if accuracy < tracking_config.register_min_accuracy:
         return (f"eval accuracy {accuracy:.4f} < tracking.register_min_accuracy="
                 f"{tracking_config.register_min_accuracy}")
-    if agreement < tracking_config.register_min_agreement:
-        return (f"export parity infer/agreement {agreement:.4f} < tracking.register_min_agreement="
-                f"{tracking_config.register_min_agreement}")
+    key = "register_min_agreement_int8" if export_format.endswith("int8") else "register_min_agreement"
+    if agreement < tracking_config[key]:
+        return f"export parity infer/agreement {agreement:.4f} < tracking.{key}={tracking_config[key]}"
     return None
 
 
