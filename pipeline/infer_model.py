@@ -25,9 +25,10 @@ def main(config: DictConfig) -> float:
 
     datasets = data.load_datasets(config.data)
     with runs.start_run(config.tracking, f"infer {config.model_uri}", {"source.model_uri": config.model_uri}):
-        reference_model, saved_model_dir = models.load_logged_model(config.model_uri)
+        reference_model, served = models.load_logged_model(config.model_uri)
         evaluated = evaluate.evaluate(reference_model, datasets)
-        inferred = infer.infer(saved_model_dir, datasets.test, evaluated.logits, config.infer)
+        measure = infer.infer_litert if str(served).endswith(".tflite") else infer.infer  # what the URI serves
+        inferred = measure(served, datasets.test, evaluated.logits, config.infer)
         runs.log_metrics(evaluated.metrics() | inferred.metrics())
         runs.log_confusion_matrix(evaluated.confusion)
     headline = {"eval/loss": evaluated.loss, "eval/accuracy": evaluated.accuracy} | inferred.metrics()

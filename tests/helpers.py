@@ -131,6 +131,26 @@ def assert_one_parent_with_children(store: Store, job_count: int) -> None:
     assert len(store.client().list_artifacts(parent.info.run_id, "report")) == 7
 
 
+def resumable_job(store: Store, real_data: list[str], folder: pathlib.Path) -> list[str]:
+    """Arguments of a CNN job long enough to interrupt, checkpointing every 20 steps into <folder>/run."""
+    return [*real_data, "model=cnn", "train.max_steps=400", "train.steps_per_call=5", "train.checkpoint_every_steps=20",
+            "tracking.registered_model=null", *store.overrides, *QUICK_INFER, f"hydra.run.dir={folder}/run"]
+
+
+def interrupt_after_first_checkpoint(arguments: list[str], folder: pathlib.Path, signal_number: int) -> int:
+    """Starts `python -m pipeline <arguments>` from `folder`, sends it `signal_number` once its first
+    checkpoint is written, and returns its exit code."""
+    job = subprocess.Popen([sys.executable, "-m", "pipeline", *arguments], cwd=folder, env=python_environment(),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint_index = folder / "run" / "checkpoints" / "checkpoint"
+    deadline = time.monotonic() + 180
+    while not checkpoint_index.exists() and time.monotonic() < deadline and job.poll() is None:
+        time.sleep(0.5)
+    assert checkpoint_index.exists(), "no checkpoint was written"
+    job.send_signal(signal_number)
+    return job.wait(timeout=60)
+
+
 def tiny_datasets(count=256, batch_size=32) -> data.Datasets:
     """Random images and labels: enough for the training loop's mechanics, nothing to learn."""
     rng = np.random.default_rng(0)

@@ -12,11 +12,11 @@ from helpers import tiny_datasets
 
 from pipeline.config import JitCompile
 from pipeline.core import model
-from pipeline.stages import autojit, steps, train
+from pipeline.stages import autojit, batches, steps, train
 
 
 def probe_with(built, optimizer, datasets, build_call, candidates=(JitCompile.false, JitCompile.step)):
-    order = train.BatchOrder(len(datasets.train.labels), datasets.batch_size, (datasets.batch_size,), seed=0)
+    order = batches.BatchOrder(len(datasets.train.labels), datasets.batch_size, (datasets.batch_size,), seed=0)
     return autojit.probe(list(candidates), build_call, lambda count: order.indices(0, count), 8,
                          [*built.variables, *optimizer.variables])
 
@@ -127,8 +127,8 @@ def test_every_compiling_call_is_warm_up(compose):
 
 
 def test_calls_run_across_epoch_ends_in_the_epochs_own_order():
-    order = train.BatchOrder(example_count=40, batch_size=4, batch_shape=(4,), seed=3)  # 10 steps an epoch
+    order = batches.BatchOrder(example_count=40, batch_size=4, batch_shape=(4,), seed=3)  # 10 steps an epoch
     indices = order.indices(8, 4).numpy()  # steps 9-10 of epoch 0, steps 1-2 of epoch 1
-    expected = np.concatenate([train.epoch_order(40, 3, 0).numpy()[32:40], train.epoch_order(40, 3, 1).numpy()[:8]])
+    expected = np.concatenate([batches.epoch_order(40, 3, 0).numpy()[32:40], batches.epoch_order(40, 3, 1).numpy()[:8]])
     np.testing.assert_array_equal(indices.reshape(-1), expected)
     assert indices.shape == (4, 4)

@@ -1,14 +1,10 @@
 """Runs whose process was killed hard (SIGKILL) are found by the next command and ended KILLED."""
 
-import os
 import signal
 import socket
-import subprocess
-import sys
-import time
 
 import pytest
-from helpers import QUICK_INFER, python_environment, run_module, run_pipeline
+from helpers import interrupt_after_first_checkpoint, resumable_job, run_module, run_pipeline
 
 from pipeline.tracking import liveness
 from pipeline.tracking import store as store_lib
@@ -39,21 +35,10 @@ def test_only_runs_of_processes_gone_from_this_host_are_ended(compose, store):
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_a_job_killed_hard_is_ended_by_the_next_command_and_its_resume_finishes_the_run(tmp_path, store, real_data):
-    arguments = [*real_data, "model=cnn", "train.max_steps=400", "train.steps_per_call=5",
-                 "train.checkpoint_every_steps=20", "tracking.registered_model=null", *store.overrides, *QUICK_INFER,
-                 f"hydra.run.dir={tmp_path}/run"]
-    job = subprocess.Popen([sys.executable, "-m", "pipeline", *arguments], cwd=tmp_path, env=python_environment(),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint_index = tmp_path / "run" / "checkpoints" / "checkpoint"
-    deadline = time.monotonic() + 180
-    while not checkpoint_index.exists() and time.monotonic() < deadline and job.poll() is None:
-        time.sleep(0.5)
-    assert checkpoint_index.exists(), "no checkpoint was written"
-    job.send_signal(signal.SIGKILL)  # no handler runs: the run stays RUNNING
-    job.wait(timeout=60)
+    arguments = resumable_job(store, real_data, tmp_path)
+    interrupt_after_first_checkpoint(arguments, tmp_path, signal.SIGKILL)  # no handler runs: the run stays RUNNING
     killed = store.only_run()
     assert killed.info.status == "RUNNING" and killed.data.tags[liveness.HOST_TAG] == socket.gethostname()
-    assert killed.data.tags[liveness.PID_TAG] == str(job.pid)
 
     report = run_module("pipeline.report", store.overrides, cwd=tmp_path)  # any command that opens the store
     assert "ended 1 run(s) left RUNNING by a process that is gone, as KILLED" in report.stdout + report.stderr
@@ -65,5 +50,4 @@ def test_a_job_killed_hard_is_ended_by_the_next_command_and_its_resume_finishes_
     resumed = store.only_run()
     assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
     assert resumed.data.metrics["train/steps"] == 400 and "resumed from" in result.stdout + result.stderr
-    assert resumed.data.tags[liveness.PID_TAG] != str(job.pid)  # the process that finished it
-    assert os.path.exists(checkpoint_index)
+    assert resumed.data.tags[liveness.PID_TAG] != killed.data.tags[liveness.PID_TAG]  # the process that finished it

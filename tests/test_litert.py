@@ -11,7 +11,16 @@ import urllib.request
 import mlflow
 import numpy as np
 import pytest
-from helpers import FASHION_MNIST_DIR, MODEL_NAME, QUICK_INFER, free_ports, run_pipeline, tiny_datasets, wait_until_up
+from helpers import (
+    FASHION_MNIST_DIR,
+    MODEL_NAME,
+    QUICK_INFER,
+    free_ports,
+    run_module,
+    run_pipeline,
+    tiny_datasets,
+    wait_until_up,
+)
 
 from pipeline.config import ExportFormat
 from pipeline.core import data, model
@@ -96,6 +105,12 @@ def test_all_five_formats_are_logged_measured_registered_and_int8_is_served(tmp_
     finally:
         server.terminate()
         server.wait(timeout=30)
+    # infer_model measures what the URI serves: here the int8 file, not the SavedModel beside it.
+    measured = run_module("pipeline.infer_model", [*store.overrides, *real_data, f"model_uri={int8_uri}", *QUICK_INFER],
+                          cwd=tmp_path)
+    assert measured.returncode == 0, measured.stderr[-3000:]
+    (infer_run,) = [run for run in store.runs() if run.info.run_name == f"infer {int8_uri}"]
+    assert infer_run.data.metrics["infer/size_bytes"] == run.data.metrics["infer/litert_int8/size_bytes"]
 
 
 def _post(port: int, payload: dict | None) -> tuple[int | None, dict]:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.analysis import report
+from pipeline.analysis import report, tables
 
 
 def test_report_compares_each_job_to_float32_at_its_batch_size_and_rate():
@@ -97,11 +97,11 @@ def test_the_class_that_changes_most_is_named():
              for seed in (0, 1)]
     (row,) = [row for row in report.compare_to_float32(jobs) if row["policy"] == "mixed_bfloat16"]
     assert row["most_changed_class"] == 3 and row["most_changed_class_delta"] == pytest.approx(-0.09)
-    assert report.cell(row, "most_changed_class") == "3: -0.0900 (-0.2171..+0.0371)"
+    assert tables.cell(row, "most_changed_class") == "3: -0.0900 (-0.2171..+0.0371)"
 
 
 def test_summary_sentences_say_it_in_words():
-    sentences = report.summary_sentences(report.compare_to_float32(JOBS))
+    sentences = tables.summary_sentences(report.compare_to_float32(JOBS))
     assert ("mixed_bfloat16 vs float32, mlp, batch 64, 3 seeds: accuracy -0.0067 (95% CI -0.0210..+0.0077): "
             "no cost detected; 1.50x faster (1.27..1.77x)") in sentences
     assert ("mixed_float16 vs float32, mlp, batch 64, 3 seeds: accuracy -0.1000 (95% CI -0.1248..-0.0752): "

@@ -1,13 +1,10 @@
 """Checkpoints, resume after a kill, and bit-for-bit determinism."""
 
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
-from helpers import QUICK_INFER, python_environment, run_pipeline, tiny_datasets
+from helpers import interrupt_after_first_checkpoint, resumable_job, run_pipeline, tiny_datasets
 
 from pipeline.core import model
 from pipeline.stages import checkpoints, steps, train
@@ -59,18 +56,8 @@ def test_deterministic_training_is_bit_for_bit(compose):
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_sigterm_mid_training_then_resume_finishes_the_same_run(tmp_path, store, real_data):
-    arguments = [*real_data, "model=cnn", "train.max_steps=400", "train.steps_per_call=5",
-                 "train.checkpoint_every_steps=20", "tracking.registered_model=null", *store.overrides, *QUICK_INFER,
-                 f"hydra.run.dir={tmp_path}/run"]
-    job = subprocess.Popen([sys.executable, "-m", "pipeline", *arguments], cwd=tmp_path, env=python_environment(),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint_index = tmp_path / "run" / "checkpoints" / "checkpoint"
-    deadline = time.monotonic() + 180
-    while not checkpoint_index.exists() and time.monotonic() < deadline and job.poll() is None:
-        time.sleep(0.5)
-    assert checkpoint_index.exists(), "no checkpoint was written"
-    job.send_signal(signal.SIGTERM)
-    assert job.wait(timeout=60) != 0
+    arguments = resumable_job(store, real_data, tmp_path)
+    assert interrupt_after_first_checkpoint(arguments, tmp_path, signal.SIGTERM) != 0
 
     killed = store.only_run()
     assert killed.info.status == "KILLED"

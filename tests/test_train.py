@@ -6,7 +6,7 @@ import pytest
 from helpers import tiny_datasets
 
 from pipeline.core import data, model
-from pipeline.stages import steps, train
+from pipeline.stages import batches, steps, train
 
 
 def test_overflowing_float16_step_is_skipped_not_applied(compose):
@@ -62,11 +62,11 @@ def test_max_steps_caps_training_across_epochs(compose):
 
 
 def test_epoch_order_is_a_seeded_permutation():
-    first = train.epoch_order(100, seed=3, epoch=0).numpy()
+    first = batches.epoch_order(100, seed=3, epoch=0).numpy()
     assert sorted(first.tolist()) == list(range(100))
-    np.testing.assert_array_equal(first, train.epoch_order(100, seed=3, epoch=0).numpy())
-    assert not np.array_equal(first, train.epoch_order(100, seed=3, epoch=1).numpy())
-    assert not np.array_equal(first, train.epoch_order(100, seed=4, epoch=0).numpy())
+    np.testing.assert_array_equal(first, batches.epoch_order(100, seed=3, epoch=0).numpy())
+    assert not np.array_equal(first, batches.epoch_order(100, seed=3, epoch=1).numpy())
+    assert not np.array_equal(first, batches.epoch_order(100, seed=4, epoch=0).numpy())
 
 
 @pytest.mark.parametrize("jit_compile", ["false", "step", "true"])

@@ -9,10 +9,9 @@ import csv
 import dataclasses
 import pathlib
 
-from pipeline.analysis import deployment, plots, statistics
+from pipeline.analysis import deployment, plots, statistics, tables
 from pipeline.core.data import NUM_CLASSES
 
-CONFIGURATION = ("model", "policy", "batch_size", "learning_rate")  # what a row is; seeds are its repeats
 COLUMNS = (
     "run", "model", "policy", "batch_size", "learning_rate", "jit_compile", "n", "eval_accuracy", "eval_accuracy_std",
     "delta_accuracy_vs_float32", "delta_accuracy_low", "delta_accuracy_high", "accuracy_verdict",
@@ -28,11 +27,7 @@ _METRICS = {
     "peak_memory_mb": "train/peak_memory_mb",
     "infer_latency_ms_p50": "infer/latency_ms_p50",
 }
-_FORMATS = {
-    "eval_accuracy": "{:.4f}", "delta_accuracy_vs_float32": "{:+.4f}", "train_examples_per_sec": "{:,.0f}",
-    "speedup_vs_float32": "{:.2f}x", "step_time_ms": "{:.2f}", "peak_memory_mb": "{:,.0f}",
-    "infer_latency_ms_p50": "{:.3f}", "learning_rate": "{:.3g}", "most_changed_class_delta": "{:+.4f}",
-}
+
 
 
 @dataclasses.dataclass
@@ -63,8 +58,8 @@ def make_report(jobs: list, loss_histories: dict[str, list[tuple[int, float]]], 
                 "their figures do not compare"] if len(digests) > 1 else []
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    markdown = "\n".join([*(f"**Warning**: {warning}\n" for warning in warnings), to_markdown(rows), "",
-                          *(f"- {sentence}" for sentence in summary_sentences(rows))])
+    markdown = "\n".join([*(f"**Warning**: {warning}\n" for warning in warnings), tables.to_markdown(rows), "",
+                          *(f"- {sentence}" for sentence in tables.summary_sentences(rows))])
     table = deployment.deployment_rows(job_rows)
     files = []
     if any(row["format"] != "saved_model" for row in table):  # LiteRT formats were exported
@@ -138,7 +133,7 @@ def compare_to_float32(job_rows: list[dict]) -> list[dict]:
     float32 at the same model, batch size and rate, pairing its jobs with float32's by seed."""
     groups: dict[tuple, list[dict]] = {}
     for job in job_rows:
-        groups.setdefault((*(job[key] for key in CONFIGURATION), job["status"]), []).append(job)
+        groups.setdefault((*(job[key] for key in tables.CONFIGURATION), job["status"]), []).append(job)
     def partner_key(key):  # the float32 configuration a configuration compares with
         model, _, batch_size, learning_rate, _ = key
         return model, batch_size, learning_rate
@@ -155,7 +150,7 @@ def compare_to_float32(job_rows: list[dict]) -> list[dict]:
 
 def _configuration_row(jobs: list[dict], pairs: list[tuple[dict, dict]]) -> dict:
     first = jobs[0]
-    row = {key: first[key] for key in (*CONFIGURATION, "status")}
+    row = {key: first[key] for key in (*tables.CONFIGURATION, "status")}
     row["run"] = first["run"] if len(jobs) == 1 else f"{first['run']} x{len(jobs)}"
     row["n"] = len(jobs)
     row["jit_compile"] = "/".join(sorted({str(job["jit_compile"]) for job in jobs if job.get("jit_compile")})) or None
@@ -196,78 +191,3 @@ def _difference(value, baseline):
 
 def _ratio(value, baseline):
     return None if value is None or not baseline else value / baseline
-
-
-def summary_sentences(rows: list[dict]) -> list[str]:
-    """One sentence per reduced-precision configuration with a float32 partner: accuracy and speed."""
-    sentences = []
-    for row in rows:
-        if row["policy"] == "float32" or row["delta_accuracy_vs_float32"] is None:
-            continue
-        seeds = f"{row['n']} seed{'s' if row['n'] > 1 else ''}"
-        accuracy = f"accuracy {row['delta_accuracy_vs_float32']:+.4f}"
-        if row["delta_accuracy_low"] is not None:
-            accuracy += f" (95% CI {row['delta_accuracy_low']:+.4f}..{row['delta_accuracy_high']:+.4f})"
-        verdict = row["accuracy_verdict"].replace("no accuracy cost detected", "no cost detected")
-        speed = ""
-        if row["speedup_vs_float32"] is not None:
-            speedup = row["speedup_vs_float32"]
-            speed = f"; {speedup:.2f}x faster" if speedup >= 1 else f"; {1 / speedup:.2f}x slower"
-            if row["speedup_low"] is not None:
-                speed += f" ({row['speedup_low']:.2f}..{row['speedup_high']:.2f}x)"
-        sentences.append(f"{row['policy']} vs float32, {row['model']}, batch {row['batch_size']}, {seeds}: "
-                         f"{accuracy}: {verdict}{speed}")
-    return sentences
-
-
-_MARKDOWN = ("run", "model", "policy", "batch_size", "learning_rate", "jit_compile", "n", "eval_accuracy",
-             "delta_accuracy_vs_float32", "accuracy_verdict", "train_examples_per_sec", "speedup_vs_float32",
-             "step_time_ms", "peak_memory_mb", "infer_latency_ms_p50", "most_changed_class", "status")
-
-
-def to_markdown(rows: list[dict]) -> str:
-    """The report's table: means ± standard deviations, and 95 % intervals in brackets, where seeds repeat."""
-    lines = ["| " + " | ".join(_MARKDOWN) + " |", "|" + "---|" * len(_MARKDOWN)]
-    for row in rows:
-        lines.append("| " + " | ".join(cell(row, column) for column in _MARKDOWN) + " |")
-    return "\n".join(lines)
-
-
-def cell(row: dict, column: str) -> str:
-    """A column of a row as the tables show it."""
-    text = _format(column, row.get(column))
-    if row.get(f"{column}_std") is not None:
-        text += f" ± {_format(column, row[f'{column}_std']).lstrip('+')}"
-    interval = {"delta_accuracy_vs_float32": "delta_accuracy", "speedup_vs_float32": "speedup"}.get(column)
-    if interval and row.get(f"{interval}_low") is not None:
-        text += f" ({_format(column, row[f'{interval}_low'])}..{_format(column, row[f'{interval}_high'])})"
-    if column == "most_changed_class" and row.get(column) is not None:
-        text = f"{row[column]}: {cell(row, 'most_changed_class_delta')}"
-        if row.get("most_changed_class_low") is not None:
-            text += (f" ({_format('most_changed_class_delta', row['most_changed_class_low'])}.."
-                     f"{_format('most_changed_class_delta', row['most_changed_class_high'])})")
-    return text
-
-
-def compact_table(rows: list[dict]) -> str:
-    """The terminal's table: the settings that differ between rows first, then the headline figures."""
-    settings = [column for column in CONFIGURATION if len({row[column] for row in rows}) > 1] or ["policy"]
-    columns = [*settings, "jit_compile"]
-    if any(row["n"] > 1 for row in rows):
-        columns.append("n")
-    columns += ["eval_accuracy", "delta_accuracy_vs_float32", "train_examples_per_sec", "speedup_vs_float32"]
-    if any(row["status"] != "FINISHED" for row in rows):
-        columns.append("status")
-    headers = {"batch_size": "batch", "learning_rate": "lr", "eval_accuracy": "accuracy",
-               "delta_accuracy_vs_float32": "Δacc vs float32", "train_examples_per_sec": "examples/s",
-               "speedup_vs_float32": "speedup", "jit_compile": "jit"}
-    cells = [[headers.get(column, column) for column in columns]]
-    cells += [[cell(row, column) for column in columns] for row in rows]
-    widths = [max(len(line[index]) for line in cells) for index in range(len(columns))]
-    return "\n".join("  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip() for line in cells)
-
-
-def _format(column: str, value) -> str:
-    if value is None:
-        return "-"
-    return _FORMATS.get(column, "{}").format(value)

@@ -42,24 +42,32 @@ def infer(saved_model_dir, test_split: data.Split, reference_logits: np.ndarray,
     """
     loaded = tf.saved_model.load(str(saved_model_dir))
     serve = loaded.serve  # `loaded` must stay referenced: it owns the variables `serve` reads
-    return measure(lambda images: serve(images).numpy(), test_split, reference_logits, infer_config)
+    # Tensors in, as a TensorFlow client passes them: no NumPy conversion inside the timed calls.
+    return measure(lambda images: serve(images).numpy(), data.normalize(test_split.images), test_split.labels,
+                   reference_logits, infer_config)
 
 
 def infer_litert(path: pathlib.Path, test_split: data.Split, reference_logits: np.ndarray,
                  infer_config: InferConfig) -> InferResult:
-    """The same figures for a LiteRT file, run by LiteRT's interpreter, and the file's size."""
-    result = measure(litert.Runner(path), test_split, reference_logits, infer_config)
+    """The same figures for a LiteRT file, run by LiteRT's interpreter (NumPy in and out), and its size."""
+    result = measure(litert.Runner(path), data.normalize(test_split.images).numpy(), test_split.labels,
+                     reference_logits, infer_config)
     result.size_bytes = float(path.stat().st_size)
     return result
 
 
-def measure(predict, test_split: data.Split, reference_logits: np.ndarray, infer_config: InferConfig) -> InferResult:
-    """Accuracy and parity over the test split, batch-1 latency, large-batch throughput of `predict`."""
-    images = data.normalize(test_split.images).numpy()
+def measure(predict, images, labels: np.ndarray, reference_logits: np.ndarray,
+            infer_config: InferConfig) -> InferResult:
+    """Accuracy and parity over the test split, batch-1 latency, large-batch throughput of `predict`.
+
+    `images` are float32 in [0, 1], in the form `predict` takes (a tensor or an array); the batches
+    timed are cut before the clock starts.
+    """
     batch_size = infer_config.throughput_batch_size
     logits = np.concatenate([predict(images[start : start + batch_size])
-                             for start in range(0, len(images), batch_size)])
-    single_images = [images[index % len(images)][None] for index in range(infer_config.latency_runs)]
+                             for start in range(0, len(labels), batch_size)])
+    single_images = [images[index % len(labels) : index % len(labels) + 1]
+                     for index in range(infer_config.latency_runs)]
     latencies = time_calls(predict, single_images)
     large_batch = images[:batch_size]
     large_batch_seconds = time_calls(predict, [large_batch] * infer_config.throughput_runs)
@@ -67,7 +75,7 @@ def measure(predict, test_split: data.Split, reference_logits: np.ndarray, infer
         latency_ms_p50=float(np.percentile(latencies, 50) * 1000),
         latency_ms_p99=float(np.percentile(latencies, 99) * 1000),
         examples_per_sec=float(len(large_batch) * len(large_batch_seconds) / large_batch_seconds.sum()),
-        accuracy=float(np.mean(np.argmax(logits, axis=1) == test_split.labels)),
+        accuracy=float(np.mean(np.argmax(logits, axis=1) == labels)),
         agreement=float(np.mean(np.argmax(logits, axis=1) == np.argmax(reference_logits, axis=1))),
         max_abs_diff=float(np.max(np.abs(logits - reference_logits))),
     )

@@ -13,12 +13,11 @@ from collections.abc import Callable
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from pipeline import PipelineError
 from pipeline.config import JitCompile, TrainConfig, jit_mode
 from pipeline.core import data, device, distribute
-from pipeline.stages import autojit, steps
+from pipeline.stages import autojit, batches, steps
 
 # Receives a metric name and its (step, value) points; the entry point passes one that logs to
 # MLflow, tests pass a list's append or nothing.
@@ -95,40 +94,6 @@ class TrainResult:
         return {"train.peak_memory_source": self.peak_memory_source} | self.jit.tags()
 
 
-def epoch_order(example_count: int, seed: int, epoch: int) -> tf.Tensor:
-    """The shuffled example order of one epoch: a function of seed and epoch alone, so resumable."""
-    return tf.constant(np.random.default_rng([seed, epoch]).permutation(example_count).astype(np.int32))
-
-
-class BatchOrder:
-    """Which examples each optimizer step takes: epoch by epoch, each epoch's order batch by batch.
-
-    A call may run across the end of an epoch, so every call but the last takes steps_per_call
-    steps: each distinct step count is a separate compiled program.
-    """
-
-    def __init__(self, example_count: int, batch_size: int, batch_shape: tuple[int, ...], seed: int) -> None:
-        self.example_count, self.batch_size, self.batch_shape, self.seed = example_count, batch_size, batch_shape, seed
-        self.steps_per_epoch = example_count // batch_size
-        self._orders: dict[int, tf.Tensor] = {}
-
-    def indices(self, step: int, step_count: int) -> tf.Tensor:
-        """Example indices of steps step+1 .. step+step_count, shaped (step_count, *batch_shape)."""
-        pieces, first_step, remaining = [], step, step_count
-        while remaining:
-            epoch, first_batch = divmod(first_step, self.steps_per_epoch)
-            taken = min(remaining, self.steps_per_epoch - first_batch)
-            pieces.append(self._order(epoch)[first_batch * self.batch_size : (first_batch + taken) * self.batch_size])
-            first_step, remaining = first_step + taken, remaining - taken
-        return tf.reshape(tf.concat(pieces, axis=0), (step_count, *self.batch_shape))
-
-    def _order(self, epoch: int) -> tf.Tensor:
-        if epoch not in self._orders:
-            self._orders = {kept: order for kept, order in self._orders.items() if kept == epoch - 1}
-            self._orders[epoch] = epoch_order(self.example_count, self.seed, epoch)
-        return self._orders[epoch]
-
-
 def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig, policy: str,
           log_metric: MetricSink | None = None, optimizer=None, start_step: int = 0,
           on_steps_done: Callable[[int], None] | None = None, strategy=None,
@@ -154,7 +119,8 @@ def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig
         with distribute.scope(strategy):
             optimizer.build(model.trainable_variables)
     batch_size = datasets.batch_size
-    order = BatchOrder(len(datasets.train.labels), batch_size, _batch_shape(strategy, batch_size), train_config.seed)
+    order = batches.BatchOrder(len(datasets.train.labels), batch_size, _batch_shape(strategy, batch_size),
+                               train_config.seed)
     total_steps = min(train_config.epochs * order.steps_per_epoch, train_config.max_steps or math.inf)
     calls = calls or steps.Calls(model, optimizer, strategy)
     split_on_device = steps.device_split(datasets.train, strategy)  # one copy, shared by the probe's calls
@@ -208,7 +174,7 @@ def _batch_shape(strategy, batch_size: int) -> tuple[int, ...]:
 
 
 def _choose_jit_mode(calls: steps.Calls, split_on_device: tuple, train_config: TrainConfig, policy: str,
-                     order: BatchOrder, start_step: int) -> autojit.Choice:
+                     order: batches.BatchOrder, start_step: int) -> autojit.Choice:
     return autojit.choose(
         jit_mode(train_config.jit_compile),
         autojit.candidate_modes(calls.model, calls.strategy),

@@ -87,8 +87,9 @@ def resolve(model_uri: str) -> str:
                             "(the MLflow UI's Models page lists them), or the run id") from None
 
 
-def load_logged_model(model_uri: str):
-    """The Keras model logged beside `model_uri` and a local copy of the SavedModel it serves.
+def load_logged_model(model_uri: str) -> tuple:
+    """The Keras model logged beside `model_uri`, and a local copy of what `model_uri` serves: the
+    SavedModel folder, or the LiteRT file of a model_<format> model.
 
     The Keras model loads in Keras's safe mode (MLflow's default), which refuses to run code
     (Lambda layers) stored in a model file.
@@ -99,11 +100,14 @@ def load_logged_model(model_uri: str):
     run_id = resolve(model_uri)
     try:
         keras_model = mlflow.tensorflow.load_model(f"runs:/{run_id}/keras_model")
-        saved_model_dir = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="serving_saved_model")
+        served = pathlib.Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+        litert_files = sorted(served.glob("artifacts/**/*.tflite"))
+        if litert_files:
+            return keras_model, litert_files[0]
+        return keras_model, mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="serving_saved_model")
     except (mlflow.exceptions.MlflowException, OSError) as error:
         raise NotFoundError(f"model_uri={model_uri}: its run {run_id} holds no keras_model or serving_saved_model "
                             f"({_first_line(error)}); point model_uri at a model this pipeline logged") from None
-    return keras_model, saved_model_dir
 
 
 def _first_line(error: BaseException) -> str:

@@ -1,0 +1,85 @@
+"""The report's rows in words and tables: Markdown for report.md, a compact table for the terminal,
+one sentence per reduced-precision configuration."""
+
+CONFIGURATION = ("model", "policy", "batch_size", "learning_rate")  # what a row is; seeds are its repeats
+
+_FORMATS = {
+    "eval_accuracy": "{:.4f}", "delta_accuracy_vs_float32": "{:+.4f}", "train_examples_per_sec": "{:,.0f}",
+    "speedup_vs_float32": "{:.2f}x", "step_time_ms": "{:.2f}", "peak_memory_mb": "{:,.0f}",
+    "infer_latency_ms_p50": "{:.3f}", "learning_rate": "{:.3g}", "most_changed_class_delta": "{:+.4f}",
+}
+
+
+def summary_sentences(rows: list[dict]) -> list[str]:
+    """One sentence per reduced-precision configuration with a float32 partner: accuracy and speed."""
+    sentences = []
+    for row in rows:
+        if row["policy"] == "float32" or row["delta_accuracy_vs_float32"] is None:
+            continue
+        seeds = f"{row['n']} seed{'s' if row['n'] > 1 else ''}"
+        accuracy = f"accuracy {row['delta_accuracy_vs_float32']:+.4f}"
+        if row["delta_accuracy_low"] is not None:
+            accuracy += f" (95% CI {row['delta_accuracy_low']:+.4f}..{row['delta_accuracy_high']:+.4f})"
+        verdict = row["accuracy_verdict"].replace("no accuracy cost detected", "no cost detected")
+        speed = ""
+        if row["speedup_vs_float32"] is not None:
+            speedup = row["speedup_vs_float32"]
+            speed = f"; {speedup:.2f}x faster" if speedup >= 1 else f"; {1 / speedup:.2f}x slower"
+            if row["speedup_low"] is not None:
+                speed += f" ({row['speedup_low']:.2f}..{row['speedup_high']:.2f}x)"
+        sentences.append(f"{row['policy']} vs float32, {row['model']}, batch {row['batch_size']}, {seeds}: "
+                         f"{accuracy}: {verdict}{speed}")
+    return sentences
+
+
+_MARKDOWN = ("run", "model", "policy", "batch_size", "learning_rate", "jit_compile", "n", "eval_accuracy",
+             "delta_accuracy_vs_float32", "accuracy_verdict", "train_examples_per_sec", "speedup_vs_float32",
+             "step_time_ms", "peak_memory_mb", "infer_latency_ms_p50", "most_changed_class", "status")
+
+
+def to_markdown(rows: list[dict]) -> str:
+    """The report's table: means ± standard deviations, and 95 % intervals in brackets, where seeds repeat."""
+    lines = ["| " + " | ".join(_MARKDOWN) + " |", "|" + "---|" * len(_MARKDOWN)]
+    for row in rows:
+        lines.append("| " + " | ".join(cell(row, column) for column in _MARKDOWN) + " |")
+    return "\n".join(lines)
+
+
+def cell(row: dict, column: str) -> str:
+    """A column of a row as the tables show it."""
+    text = _format(column, row.get(column))
+    if row.get(f"{column}_std") is not None:
+        text += f" ± {_format(column, row[f'{column}_std']).lstrip('+')}"
+    interval = {"delta_accuracy_vs_float32": "delta_accuracy", "speedup_vs_float32": "speedup"}.get(column)
+    if interval and row.get(f"{interval}_low") is not None:
+        text += f" ({_format(column, row[f'{interval}_low'])}..{_format(column, row[f'{interval}_high'])})"
+    if column == "most_changed_class" and row.get(column) is not None:
+        text = f"{row[column]}: {cell(row, 'most_changed_class_delta')}"
+        if row.get("most_changed_class_low") is not None:
+            text += (f" ({_format('most_changed_class_delta', row['most_changed_class_low'])}.."
+                     f"{_format('most_changed_class_delta', row['most_changed_class_high'])})")
+    return text
+
+
+def compact_table(rows: list[dict]) -> str:
+    """The terminal's table: the settings that differ between rows first, then the headline figures."""
+    settings = [column for column in CONFIGURATION if len({row[column] for row in rows}) > 1] or ["policy"]
+    columns = [*settings, "jit_compile"]
+    if any(row["n"] > 1 for row in rows):
+        columns.append("n")
+    columns += ["eval_accuracy", "delta_accuracy_vs_float32", "train_examples_per_sec", "speedup_vs_float32"]
+    if any(row["status"] != "FINISHED" for row in rows):
+        columns.append("status")
+    headers = {"batch_size": "batch", "learning_rate": "lr", "eval_accuracy": "accuracy",
+               "delta_accuracy_vs_float32": "Δacc vs float32", "train_examples_per_sec": "examples/s",
+               "speedup_vs_float32": "speedup", "jit_compile": "jit"}
+    cells = [[headers.get(column, column) for column in columns]]
+    cells += [[cell(row, column) for column in columns] for row in rows]
+    widths = [max(len(line[index]) for line in cells) for index in range(len(columns))]
+    return "\n".join("  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip() for line in cells)
+
+
+def _format(column: str, value) -> str:
+    if value is None:
+        return "-"
+    return _FORMATS.get(column, "{}").format(value)
