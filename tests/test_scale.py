@@ -60,3 +60,8 @@ def test_a_later_job_of_the_same_model_reuses_its_compiled_calls_and_learns_the_
     assert again.final_loss == first.final_loss and again.loss_scale == first.loss_scale
     assert float(other_rate.optimizer.learning_rate) == pytest.approx(0.01)  # the new job's rate, not the first's
     assert other_rate.final_loss != first.final_loss
+    # Another batch size is another program: its first call is warm-up again, not step time.
+    config = compose(["train.epochs=1", "train.jit_compile=step", "precision=mixed_float16"])
+    other_batch = run._build_and_train(config, None, tiny_datasets(batch_size=16), config.train.checkpoint_dir,
+                                       log_metric=None)
+    assert other_batch.model is first.model and other_batch.warmup_calls >= 1

@@ -156,7 +156,7 @@ def make_distributed_call(model: keras.Model, optimizer, jit_compile: str, strat
 
 
 class Calls:
-    """The compiled training calls of one model and optimizer, by mode, with the step counts each has
+    """The compiled training calls of one model and optimizer, by mode, with the shapes each has
     compiled. A sweep whose jobs train the same model again keeps them (stages/run.py): each program
     then compiles once per process. XLA's compilation cache never evicts, so a program compiled anew
     for every job would grow the process by several MiB a job (tensorflow/tensorflow#64170).
@@ -165,7 +165,7 @@ class Calls:
     def __init__(self, model: keras.Model, optimizer, strategy=None) -> None:
         self.model, self.optimizer, self.strategy = model, optimizer, strategy
         self._functions: dict[JitCompile, object] = {}
-        self.compiled: dict[JitCompile, set[int]] = {}  # step counts each mode's call has compiled
+        self.compiled: dict[JitCompile, set[tuple]] = {}  # (step count, batch shape) each mode's call has compiled
 
     def bound(self, mode: JitCompile, split_on_device: tuple):
         """The call of `mode` bound to the device-resident split: it then takes batch indices alone."""

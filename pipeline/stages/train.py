@@ -126,9 +126,9 @@ def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig
     split_on_device = steps.device_split(datasets.train, strategy)  # one copy, shared by the probe's calls
     choice = _choose_jit_mode(calls, split_on_device, train_config, policy, order, start_step)
     for probed in choice.step_ms if choice.source == "probe" else ():
-        calls.compiled[JitCompile(probed)].add(choice.compiled_steps)
+        calls.compiled[JitCompile(probed)].add((choice.compiled_steps, order.batch_shape))
     train_call = calls.bound(choice.mode, split_on_device)
-    compiled_step_counts = calls.compiled[choice.mode]
+    compiled_shapes = calls.compiled[choice.mode]
     call_seconds, call_steps, warmup, loss_points = [], [], [], []
     step, loss_value = start_step, math.nan
     last_flush = time.monotonic()
@@ -142,9 +142,9 @@ def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig
             losses = train_call(order.indices(step, step_count)).numpy()  # the call's one host sync
             call_seconds.append(time.perf_counter() - started)
             call_steps.append(step_count)
-            # The first call of each step count compiles a program: warm-up, not step time.
-            warmup.append(step_count not in compiled_step_counts)
-            compiled_step_counts.add(step_count)
+            # The first call of each shape (step count, batch) compiles a program: warm-up, not step time.
+            warmup.append((step_count, order.batch_shape) not in compiled_shapes)
+            compiled_shapes.add((step_count, order.batch_shape))
             loss_points += [(step + offset + 1, float(loss)) for offset, loss in enumerate(losses)
                             if (step + offset + 1) % train_config.log_every_steps == 0]
             epoch_ended = (step + step_count) // order.steps_per_epoch > step // order.steps_per_epoch
