@@ -133,7 +133,8 @@ def section_auto(split, quick) -> list[dict]:
 
     Per model x policy x batch: each fixed mode and auto, run twice in turn and the faster run kept
     (the machine is shared); auto's first run probes on a fresh decision cache (a first job), its
-    later runs read that cache (later jobs). model.fit is tuned over XLA off/on and steps_per_execution.
+    later runs read that cache (later jobs); the order of the variants rotates from one repeat to the next.
+    model.fit is tuned over XLA off/on and steps_per_execution.
     """
     rows = []
     # About 3 s of timed training per run and cell at the slowest mode: shorter runs drown in the noise.
@@ -145,11 +146,17 @@ def section_auto(split, quick) -> list[dict]:
             modes = [str(mode) for mode in autojit.candidate_modes(built, strategy=None)]
             cache_file = SCRATCH / f"jit-{model_name}-{policy}-{batch_size}.json"
             fixed, auto = {mode: [] for mode in modes}, []
-            for _ in range(2 if quick else 3):
-                for mode in modes:
-                    result = train_pipeline(split, model_name, policy, batch_size, count, mode)
-                    fixed[mode].append(result.examples_per_sec)
-                auto.append(train_pipeline(split, model_name, policy, batch_size, count, "auto", cache_file=cache_file))
+            variants = [*modes, "auto"]
+            for repeat in range(2 if quick else 3):
+                # Rotated each repeat, so no variant always runs right after an XLA one: on 2 cores the run
+                # after one is measurably slower (XLA's own threads are still about).
+                for variant in variants[repeat % len(variants):] + variants[: repeat % len(variants)]:
+                    if variant == "auto":
+                        auto.append(train_pipeline(split, model_name, policy, batch_size, count, "auto",
+                                                   cache_file=cache_file))
+                    else:
+                        fixed[variant].append(train_pipeline(split, model_name, policy, batch_size, count,
+                                                             variant).examples_per_sec)
             best_fixed = {mode: max(figures) for mode, figures in fixed.items()}
             best_mode = max(best_fixed, key=best_fixed.get)
             fits = {(jit, spe): fit_examples_per_sec(split, model_name, policy, batch_size, count, jit, spe)
