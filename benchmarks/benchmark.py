@@ -137,8 +137,8 @@ def section_auto(split, quick) -> list[dict]:
     model.fit is tuned over XLA off/on and steps_per_execution.
     """
     rows = []
-    # About 3 s of timed training per run and cell at the slowest mode: shorter runs drown in the noise.
-    steps = {("mlp", 32): 800, ("mlp", 256): 800, ("cnn", 32): 480, ("cnn", 256): 144}
+    # At least 1.5 s of timed training per run in the fastest mode: shorter runs drown in the machine's noise.
+    steps = {("mlp", 32): 12000, ("mlp", 256): 3200, ("cnn", 32): 1440, ("cnn", 256): 144}
     for (model_name, batch_size), count in steps.items():
         count = count // 2 if quick else count
         for policy in POLICIES:
