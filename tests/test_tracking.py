@@ -70,3 +70,39 @@ def test_logged_keras_models_load_in_safe_mode(tracking_config):
                                     input_example=np.zeros((1, 28, 28, 1), np.float32))
     with pytest.raises(ValueError, match="safe_mode"):
         models.load_logged_model(f"runs:/{run.info.run_id}/keras_model")
+
+
+def test_parallel_jobs_logging_the_same_dataset_all_link_to_it(tracking_config, store):
+    # A joblib sweep's jobs log the same splits at once; MLflow's SQL store looks a dataset up, then
+    # inserts it, so all but one insert hit the unique key. Unfixed, about half of these rounds failed.
+    import threading
+
+    import numpy as np
+
+    from pipeline.core import data
+
+    store_lib.prepare(tracking_config)
+    mlflow.set_tracking_uri(tracking_config.uri)
+    mlflow.set_experiment(tracking_config.experiment)
+    jobs, errors = 6, []
+    for round_number in range(20):
+        split = data.Split(np.full((2, 28, 28, 1), round_number, np.uint8), np.arange(2))
+        datasets = data.Datasets(train=split, test=split, batch_size=2, test_batches=None, name=f"round{round_number}")
+        barrier = threading.Barrier(jobs)
+
+        def job():
+            with mlflow.start_run():
+                barrier.wait()
+                try:
+                    runs.log_datasets(datasets)
+                except Exception as error:  # noqa: BLE001 - collected, then asserted on in the main thread
+                    errors.append(error)
+
+        threads = [threading.Thread(target=job) for _ in range(jobs)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+    linked = [len(run.inputs.dataset_inputs) for run in store.runs(tracking_config.experiment)]
+    assert linked == [2] * 20 * jobs

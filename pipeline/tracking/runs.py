@@ -8,6 +8,7 @@ import warnings
 
 import mlflow
 from mlflow.entities import Metric, Param, RunStatus
+from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import TrackingConfig
@@ -100,7 +101,23 @@ def log_datasets(datasets) -> None:
             warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
             dataset = mlflow.data.from_numpy(split.images, targets=split.labels, source=datasets.source or None,
                                              name=f"{datasets.name}-{split_name}", digest=data.digest(split))
-        mlflow.log_input(dataset, context=context)
+        _log_input(dataset, context)
+
+
+def _log_input(dataset, context: str, attempts: int = 3) -> None:
+    """mlflow.log_input, again when a parallel job of the sweep inserted the same dataset first.
+
+    MLflow's SQL store looks the dataset up and then inserts it: two jobs of a joblib sweep logging the
+    same split at once both miss it, and the later insert fails on the store's unique key. The row
+    then exists, so logging again links this run to it."""
+    for attempt in range(attempts):
+        try:
+            mlflow.log_input(dataset, context=context)
+            return
+        except MlflowException as error:
+            lost_race = any(text in str(error) for text in ("UNIQUE constraint", "duplicate key", "Duplicate entry"))
+            if not lost_race or attempt == attempts - 1:
+                raise
 
 
 def log_confusion_matrix(confusion) -> None:
