@@ -50,21 +50,35 @@ def import_tensorflow() -> None:
     TensorFlow's C++ logging goes through absl, which writes everything logged before
     absl::InitializeLog() straight to the process's stderr whatever TF_CPP_MIN_LOG_LEVEL says
     (oneDNN notes, "Could not find cuda drivers", cuInit errors on a machine without a GPU). Those
-    come at import and at the first device query, so stderr's file descriptor points at /dev/null
-    for just that long.
+    come at import and at the first device query.
     """
-    if "tensorflow" in sys.modules or not quiet:
-        import tensorflow  # noqa: F401
+    if "tensorflow" in sys.modules:
+        return
+    with native_stderr_silenced():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """While quiet, points the process's stderr file descriptor at /dev/null for the block.
+
+    For C++ code that writes there directly, which no log level or environment variable reaches:
+    absl before its InitializeLog(), TensorFlow's LiteRT converter ("fully_quantize: 0, ...") and
+    LiteRT's interpreter ("Created TensorFlow Lite XNNPACK delegate"). Errors still arrive as exceptions.
+    """
+    if not quiet:
+        yield
         return
     sys.stderr.flush()
     saved = os.dup(2)
     try:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
-            import tensorflow as tf
-
-            tf.config.list_physical_devices()
+            yield
     finally:
+        sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
 
@@ -100,12 +114,14 @@ class Progress:
         self.interactive = sys.stderr.isatty() if interactive is None else interactive
         self.bar, self.started, self.first_step, self.last_line = None, None, None, None
 
-    def __call__(self, step: int, total_steps: int, epoch: int, loss: float, examples_per_sec: float) -> None:
+    def __call__(self, step: int, total_steps: int, epoch: int, loss: float, examples_per_sec: float | None) -> None:
         """Takes what the training loop already has after a call: no extra host sync."""
         now = self.clock()
         if self.started is None:  # the first call's end: its compile is behind us
             self.started, self.first_step, self.last_line = now, step, now
-        postfix = f"epoch {epoch + 1}, loss {loss:.4f}, {examples_per_sec:,.0f} examples/s"
+        # None until a call has run without compiling: a compiling call's rate would mislead.
+        rate_text = f", {examples_per_sec:,.0f} examples/s" if examples_per_sec else ""
+        postfix = f"epoch {epoch + 1}, loss {loss:.4f}{rate_text}"
         if self.interactive:
             if self.bar is None:
                 from tqdm import tqdm

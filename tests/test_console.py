@@ -18,7 +18,7 @@ from pipeline.core import data
 # Lines that are not ours: TensorFlow's C++ logging, absl, CUDA stubs, MLflow's prints and progress bars.
 CHATTER = re.compile(r"I0000|E0000|W0000|absl::InitializeLog|cudart_stub|cuda_platform|cuInit|oneDNN custom"
                      r"|Downloading artifacts|Validating input example|font cache|triggered tf.function retracing"
-                     r"|Successfully registered model|Created version|UserWarning")
+                     r"|Successfully registered model|Created version|UserWarning|fully_quantize|XNNPACK delegate")
 
 
 class FakeClock:
@@ -94,7 +94,8 @@ def test_a_sweep_prints_our_lines_only_and_verbose_brings_the_rest_back(tmp_path
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert not CHATTER.findall(output), CHATTER.findall(output)
-    assert len(re.findall(r"mlp-\w+-bs\d+: step 60/60, epoch 1, loss \d\.\d{4}, [\d,]+ examples/s", output)) == 4
+    # 60 steps are a call of 50 and one of 10, both compiling: no steady rate to show yet.
+    assert len(re.findall(r"mlp-\w+-bs\d+: step 60/60, epoch 1, loss \d\.\d{4}$", output, re.MULTILINE)) == 4
     assert len(re.findall(r"mlp-\w+-bs\d+: eval accuracy 0\.\d{4}, [\d,]+ train examples/s", output)) == 4
     assert "mixed_bfloat16 vs float32, mlp, batch 64, 1 seed: accuracy " in output
     assert re.search(r"runs:   http://127\.0\.0\.1:5000/#/experiments/\d+/runs\?workflowType=machine_learning  "

@@ -103,8 +103,19 @@ def test_the_class_that_changes_most_is_named():
 def test_summary_sentences_say_it_in_words():
     sentences = tables.summary_sentences(report.compare_to_float32(JOBS))
     assert ("mixed_bfloat16 vs float32, mlp, batch 64, 3 seeds: accuracy -0.0067 (95% CI -0.0210..+0.0077): "
-            "no cost detected; 1.50x faster (1.27..1.77x)") in sentences
+            "no cost detected; 1.50x faster (95% CI 1.27..1.77x)") in sentences
     assert ("mixed_float16 vs float32, mlp, batch 64, 3 seeds: accuracy -0.1000 (95% CI -0.1248..-0.0752): "
-            "costs accuracy; 1.00x faster (1.00..1.00x)") in sentences
+            "costs accuracy; 1.00x float32's speed (95% CI 1.00..1.00x): no speed difference detected") in sentences
     assert ("mixed_bfloat16 vs float32, mlp, batch 128, 1 seed: accuracy +0.0100: not enough repeats; 1.50x faster"
             in sentences)
+
+
+@pytest.mark.parametrize("speedup,low,high,words", [
+    (0.88, 0.71, 1.10, "0.88x float32's speed (95% CI 0.71..1.10x): no speed difference detected"),
+    (0.80, 0.625, 0.90, "1.25x slower (95% CI 1.11..1.60x slower)"),
+    (1.50, 1.27, 1.77, "1.50x faster (95% CI 1.27..1.77x)"),
+    (0.50, None, None, "2.00x slower"),
+])
+def test_speed_words_and_their_interval_point_the_same_way(speedup, low, high, words):
+    # A 0.88x mean whose interval spans 0.71..1.10x once read "1.13x slower (0.71..1.10x)".
+    assert tables._speed_in_words(speedup, low, high) == words

@@ -84,25 +84,25 @@ def test_parallel_jobs_logging_the_same_dataset_all_link_to_it(tracking_config, 
     store_lib.prepare(tracking_config)
     mlflow.set_tracking_uri(tracking_config.uri)
     mlflow.set_experiment(tracking_config.experiment)
-    jobs, errors = 6, []
-    for round_number in range(20):
+    jobs, rounds, errors = 6, 20, []
+
+    def job(barrier, datasets):
+        with mlflow.start_run():
+            barrier.wait()
+            try:
+                runs.log_datasets(datasets)
+            except Exception as error:  # noqa: BLE001 - collected, then asserted on in the main thread
+                errors.append(error)
+
+    for round_number in range(rounds):
         split = data.Split(np.full((2, 28, 28, 1), round_number, np.uint8), np.arange(2))
         datasets = data.Datasets(train=split, test=split, batch_size=2, test_batches=None, name=f"round{round_number}")
         barrier = threading.Barrier(jobs)
-
-        def job():
-            with mlflow.start_run():
-                barrier.wait()
-                try:
-                    runs.log_datasets(datasets)
-                except Exception as error:  # noqa: BLE001 - collected, then asserted on in the main thread
-                    errors.append(error)
-
-        threads = [threading.Thread(target=job) for _ in range(jobs)]
+        threads = [threading.Thread(target=job, args=(barrier, datasets)) for _ in range(jobs)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
     assert errors == []
     linked = [len(run.inputs.dataset_inputs) for run in store.runs(tracking_config.experiment)]
-    assert linked == [2] * 20 * jobs
+    assert linked == [2] * rounds * jobs

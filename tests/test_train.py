@@ -61,6 +61,19 @@ def test_max_steps_caps_training_across_epochs(compose):
     assert result.steps == 10  # 8 steps an epoch: the cap lands in the second epoch
 
 
+def test_progress_never_shows_the_rate_of_a_compiling_call(compose):
+    # Calls of 4, 4, 2 steps: the first and the last compile a program (the last is shorter), and a
+    # rate taken over a compile reads thousands of times too slow on a short job.
+    config = compose(["train.jit_compile=false", "train.epochs=2", "train.max_steps=10", "train.steps_per_call=4"])
+    shown = []
+    train.train(model.build_model(config.model, "float32", seed=0), tiny_datasets(), config.train, "float32",
+                progress=lambda step, total, epoch, loss, examples_per_sec: shown.append((step, examples_per_sec)))
+    (first_step, first_rate), (second_step, second_rate), (last_step, last_rate) = shown
+    assert (first_step, second_step, last_step) == (4, 8, 10)
+    assert first_rate is None  # nothing steady yet
+    assert second_rate > 0 and last_rate == second_rate  # the last steady call's rate, carried over
+
+
 def test_epoch_order_is_a_seeded_permutation():
     first = batches.epoch_order(100, seed=3, epoch=0).numpy()
     assert sorted(first.tolist()) == list(range(100))

@@ -23,13 +23,21 @@ def summary_sentences(rows: list[dict]) -> list[str]:
         verdict = row["accuracy_verdict"].replace("no accuracy cost detected", "no cost detected")
         speed = ""
         if row["speedup_vs_float32"] is not None:
-            speedup = row["speedup_vs_float32"]
-            speed = f"; {speedup:.2f}x faster" if speedup >= 1 else f"; {1 / speedup:.2f}x slower"
-            if row["speedup_low"] is not None:
-                speed += f" ({row['speedup_low']:.2f}..{row['speedup_high']:.2f}x)"
+            speed = "; " + _speed_in_words(row["speedup_vs_float32"], row["speedup_low"], row["speedup_high"])
         sentences.append(f"{row['policy']} vs float32, {row['model']}, batch {row['batch_size']}, {seeds}: "
                          f"{accuracy}: {verdict}{speed}")
     return sentences
+
+
+def _speed_in_words(speedup: float, low: float | None, high: float | None) -> str:
+    """Faster or slower, with the interval in the same direction; an interval across 1 is no verdict."""
+    if low is None:
+        return f"{speedup:.2f}x faster" if speedup >= 1 else f"{1 / speedup:.2f}x slower"
+    if low <= 1 <= high:
+        return f"{speedup:.2f}x float32's speed (95% CI {low:.2f}..{high:.2f}x): no speed difference detected"
+    if low > 1:
+        return f"{speedup:.2f}x faster (95% CI {low:.2f}..{high:.2f}x)"
+    return f"{1 / speedup:.2f}x slower (95% CI {1 / high:.2f}..{1 / low:.2f}x slower)"
 
 
 _MARKDOWN = ("run", "model", "policy", "batch_size", "learning_rate", "jit_compile", "n", "eval_accuracy",

@@ -12,7 +12,7 @@ import pathlib
 
 import numpy as np
 
-from pipeline import PipelineError
+from pipeline import PipelineError, console
 from pipeline.config import ExportFormat
 
 SUFFIX = ".tflite"
@@ -48,7 +48,8 @@ def convert(saved_model_dir: pathlib.Path, export_format: ExportFormat, calibrat
         converter.representative_dataset = lambda: ([image[None]] for image in calibration_images)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]  # integer kernels only
     try:
-        flatbuffer = converter.convert()
+        with console.native_stderr_silenced():
+            flatbuffer = converter.convert()
     except Exception as error:  # the converter's own errors name an op or a type, in many classes
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
         raise ConversionError(f"export.formats: {export_format} failed to convert ({reason}); "
@@ -67,7 +68,9 @@ class Runner:
     def __init__(self, path, threads: int | None = None) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
-        self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        with console.native_stderr_silenced():  # the XNNPACK delegate's "INFO: Created ..." line
+            self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+            self.interpreter.allocate_tensors()
         self.input_index = self.interpreter.get_input_details()[0]["index"]
         self.output_index = self.interpreter.get_output_details()[0]["index"]
         self.batch_size = None

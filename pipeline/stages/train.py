@@ -23,7 +23,7 @@ from pipeline.stages import autojit, batches, steps
 # MLflow, tests pass a list's append or nothing.
 MetricSink = Callable[[str, list[tuple[int, float]]], None]
 # Receives (step, total steps, epoch, loss, examples/s) after every compiled call: live progress.
-ProgressSink = Callable[[int, int, int, float, float], None]
+ProgressSink = Callable[[int, int, int, float, float | None], None]
 _FLUSH_SECONDS = 30  # longest a train/loss point waits before it is logged
 
 
@@ -130,7 +130,7 @@ def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig
     train_call = calls.bound(choice.mode, split_on_device)
     compiled_shapes = calls.compiled[choice.mode]
     call_seconds, call_steps, warmup, loss_points = [], [], [], []
-    step, loss_value = start_step, math.nan
+    step, loss_value, steady_examples_per_sec = start_step, math.nan, None
     last_flush = time.monotonic()
     divergence = DivergenceCheck(train_config.divergence_factor, train_config.learning_rate)
     device.reset_peak_memory()
@@ -156,9 +156,10 @@ def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig
                 loss_points, last_flush = [], time.monotonic()
             if on_steps_done:
                 on_steps_done(step)
+            if not warmup[-1]:  # a compiling call's rate is mostly its compile: progress shows the last steady one
+                steady_examples_per_sec = step_count * batch_size / call_seconds[-1]
             if progress:
-                progress(step, total_steps, (step - 1) // order.steps_per_epoch, loss_value,
-                         step_count * batch_size / call_seconds[-1])
+                progress(step, total_steps, (step - 1) // order.steps_per_epoch, loss_value, steady_examples_per_sec)
     finally:
         if log_metric and loss_points:  # at the end, and on Ctrl-C or an error: keep what was measured
             log_metric("train/loss", loss_points)
