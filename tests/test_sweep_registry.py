@@ -180,7 +180,7 @@ def _post(port: int, payload: dict) -> tuple[int, dict]:
 
 @pytest.mark.parametrize("module,argument,message", [
     ("pipeline.infer_model", "model_uri=models:/nope@champion", "Registered Model with name=nope not found"),
-    ("pipeline.infer_model", f"model_uri=models:/{MODEL_NAME}@nope", "alias nope not found"),
+    ("pipeline.infer_model", f"model_uri=models:/{MODEL_NAME}@nope", "alias nope not found; check the name"),
     ("pipeline.infer_model", f"model_uri=models:/{MODEL_NAME}/99", "Model Version (name=mnist-classifier, version=99) "
                                                                    "not found"),
     ("pipeline.infer_model", "model_uri=runs:/0123456789abcdef0123456789abcdef/model", "Run with id=0123456789abcdef"),

@@ -112,4 +112,5 @@ def load_logged_model(model_uri: str) -> tuple:
 
 def _first_line(error: BaseException) -> str:
     message = getattr(error, "message", None) or str(error)
-    return message.strip().splitlines()[0] if message.strip() else type(error).__name__
+    # MLflow's messages end some sentences with a full stop and not others; ours goes on after a semicolon.
+    return message.strip().splitlines()[0].rstrip(".") if message.strip() else type(error).__name__
