@@ -124,7 +124,7 @@ def test_the_printed_url_opens_the_run_with_its_datasets_and_system_metrics(tmp_
     for context, split in (("training", "train"), ("testing", "test")):
         dataset = inputs[context]
         assert dataset["name"] == f"fashion_mnist-{split}"
-        assert dataset["digest"] == data.digest(data.read_idx_split(FASHION_MNIST_DIR, split))
+        assert dataset["digest"] == data.read_idx_split(FASHION_MNIST_DIR, split).digest
         assert str(FASHION_MNIST_DIR) in dataset["source"]
     metrics = {metric["key"] for metric in run["data"]["metrics"]}
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= metrics

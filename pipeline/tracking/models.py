@@ -101,9 +101,11 @@ def load_logged_model(model_uri: str) -> tuple:
     try:
         keras_model = mlflow.tensorflow.load_model(f"runs:/{run_id}/keras_model")
         served = pathlib.Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
-        litert_files = sorted(served.glob("artifacts/**/*.tflite"))
-        if litert_files:
-            return keras_model, litert_files[0]
+        # The served model carries its own SavedModel or LiteRT file: measured from there, downloaded once.
+        served_files = sorted(served.glob("artifacts/**/*.tflite")) + [
+            saved_model.parent for saved_model in sorted(served.glob("artifacts/**/saved_model.pb"))]
+        if served_files:
+            return keras_model, served_files[0]
         return keras_model, mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="serving_saved_model")
     except (mlflow.exceptions.MlflowException, OSError) as error:
         raise NotFoundError(f"model_uri={model_uri}: its run {run_id} holds no keras_model or serving_saved_model "

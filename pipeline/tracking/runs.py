@@ -93,14 +93,12 @@ def log_datasets(datasets) -> None:
     the UI's Dataset column says what each run trained on."""
     import mlflow.data
 
-    from pipeline.core import data
-
     for context, split_name, split in (("training", "train", datasets.train), ("testing", "test", datasets.test)):
         with warnings.catch_warnings():
             # MLflow registers its local-path source twice and warns that a path matches both; either is right.
             warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
             dataset = mlflow.data.from_numpy(split.images, targets=split.labels, source=datasets.source or None,
-                                             name=f"{datasets.name}-{split_name}", digest=data.digest(split))
+                                             name=f"{datasets.name}-{split_name}", digest=split.digest)
         _log_input(dataset, context)
 
 
