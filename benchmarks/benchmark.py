@@ -131,10 +131,10 @@ def section_training(split, quick) -> list[dict]:
 def section_auto(split, quick) -> list[dict]:
     """train.jit_compile=auto against every fixed mode, and against the best tuned model.fit, per cell.
 
-    Per model x policy x batch: each fixed mode and auto, run twice in turn and the faster run kept
-    (the machine is shared); auto's first run probes on a fresh decision cache (a first job), its
-    later runs read that cache (later jobs); the order of the variants rotates from one repeat to the next.
-    model.fit is tuned over XLA off/on and steps_per_execution.
+    Per model x policy x batch: each fixed mode and auto, run three times in turn (twice with --quick)
+    and the fastest run kept (the machine is shared); auto's first run probes on a fresh decision cache
+    (a first job), its later runs read that cache (later jobs); the order of the variants rotates from
+    one repeat to the next. model.fit is tuned over XLA off/on and steps_per_execution.
     """
     rows = []
     # At least 1.5 s of timed training per run in the fastest mode: shorter runs drown in the machine's noise.

@@ -29,7 +29,6 @@ _METRICS = {
 }
 
 
-
 @dataclasses.dataclass
 class Report:
     jobs: list[dict]  # one per job
@@ -134,18 +133,20 @@ def compare_to_float32(job_rows: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for job in job_rows:
         groups.setdefault((*(job[key] for key in tables.CONFIGURATION), job["status"]), []).append(job)
-    def partner_key(key):  # the float32 configuration a configuration compares with
-        model, _, batch_size, learning_rate, _ = key
-        return model, batch_size, learning_rate
-
-    baselines = {partner_key(key): jobs for key, jobs in groups.items()
+    baselines = {_float32_partner(key): jobs for key, jobs in groups.items()
                  if key[1] == "float32" and key[-1] == "FINISHED"}
     rows = []
     for key, jobs in groups.items():
-        baseline = {job.get("seed"): job for job in baselines.get(partner_key(key), [])}
+        baseline = {job.get("seed"): job for job in baselines.get(_float32_partner(key), [])}
         pairs = [(job, baseline[job.get("seed")]) for job in jobs if job.get("seed") in baseline]
         rows.append(_configuration_row(jobs, pairs))
     return sorted(rows, key=lambda row: (row["model"], row["batch_size"], row["learning_rate"], row["policy"]))
+
+
+def _float32_partner(key: tuple) -> tuple:
+    """The float32 configuration a (model, policy, batch size, rate, status) group compares with."""
+    model, _, batch_size, learning_rate, _ = key
+    return model, batch_size, learning_rate
 
 
 def _configuration_row(jobs: list[dict], pairs: list[tuple[dict, dict]]) -> dict:
