@@ -26,12 +26,12 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from pipeline import config  # noqa: E402
-from pipeline.core import data, device, model, precision  # noqa: E402
-from pipeline.stages import autojit, export, infer, train  # noqa: E402
+from pipeline.core import config, data, device, model, precision  # noqa: E402
+from pipeline.stages import export, infer, train  # noqa: E402
+from pipeline.training import compile_mode  # noqa: E402
 
-POLICIES = tuple(config.Policy)
-DTYPES = {"float32": tf.float32, "mixed_float16": tf.float16, "mixed_bfloat16": tf.bfloat16}
+POLICIES = tuple(precision.POLICIES)
+DTYPES = {name: tf.dtypes.as_dtype(spec.compute_dtype) for name, spec in precision.POLICIES.items()}
 # The benchmark's models, as overrides of conf/ (the wide MLP is matmul-bound: the roofline check).
 MODELS = {"mlp": ["model=mlp"], "cnn": ["model=cnn"], "mlp_wide": ["model=mlp", "model.hidden_units=4096"]}
 SCRATCH = pathlib.Path(tempfile.mkdtemp(prefix="benchmark-"))
@@ -143,7 +143,7 @@ def section_auto(split, quick) -> list[dict]:
         count = count // 2 if quick else count
         for policy in POLICIES:
             built = model.build_model(compose(MODELS[model_name]).model, policy, seed=0)
-            modes = [str(mode) for mode in autojit.candidate_modes(built, strategy=None)]
+            modes = [str(mode) for mode in compile_mode.candidate_modes(built, strategy=None)]
             cache_file = SCRATCH / f"jit-{model_name}-{policy}-{batch_size}.json"
             fixed, auto = {mode: [] for mode in modes}, []
             variants = [*modes, "auto"]

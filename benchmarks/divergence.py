@@ -23,10 +23,9 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "benchmarks")]
 
 import numpy as np  # noqa: E402
-from tables import print_table  # noqa: E402
+from printing import print_table  # noqa: E402
 
-from pipeline import config  # noqa: E402
-from pipeline.core import data, model  # noqa: E402
+from pipeline.core import config, data, model, precision  # noqa: E402
 from pipeline.stages import train  # noqa: E402
 
 HEALTHY_RATES = (1e-4, 1e-3, 1e-2)  # the Optuna search's range and the default
@@ -72,7 +71,7 @@ def main() -> None:
     for batch_size in (256,) if arguments.quick else (32, 256):
         datasets = data.Datasets(splits["train"], splits["test"], batch_size, None)
         for model_name in ("mlp", "cnn"):
-            for policy in config.Policy:
+            for policy in precision.POLICIES:
                 for rate in HEALTHY_RATES + EXPLODING_RATES:
                     exploding = rate in EXPLODING_RATES
                     steps = 200 if arguments.quick else (300 if exploding else None)

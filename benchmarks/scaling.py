@@ -19,6 +19,7 @@ promotion candidates, and the store's size.
 
 import argparse
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -26,22 +27,23 @@ import tempfile
 import time
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "benchmarks"), str(REPO_ROOT / "tests")]
-from helpers import (  # noqa: E402  the tests' helpers: one home
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "benchmarks")]
+from printing import print_table  # noqa: E402
+
+from pipeline.testing import (  # noqa: E402
     MODEL_NAME,
     Store,
     free_ports,
     mlflow_server,
     postgres_server,
-    python_environment,
     synthetic_sweep,
 )
-from tables import print_table  # noqa: E402
 
 
 def run(arguments: list[str], cwd: pathlib.Path, environment: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipeline", *arguments], cwd=cwd,
-                            env=python_environment(environment), stdout=subprocess.DEVNULL,
+    environment = os.environ | {"PYTHONPATH": str(REPO_ROOT)} | (environment or {})
+    return subprocess.Popen([sys.executable, "-m", "pipeline", *arguments], cwd=cwd, env=environment,
+                            stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -134,9 +136,11 @@ def section_reports(scratch: pathlib.Path, arguments) -> list[dict]:
 
 
 def _time_report(store_name: str, uri: str, count: int, scratch: pathlib.Path) -> dict:
-    from pipeline import config
+    from pipeline import promote
     from pipeline.analysis import champion
-    from pipeline.tracking import registry, store, sweeps
+    from pipeline.core import config
+    from pipeline.report import write_report
+    from pipeline.tracking import store
 
     tracking_config = config.compose([f"tracking.uri={uri}", f"tracking.artifact_root={scratch}/artifacts",
                                       f"tracking.experiment=scale-{count}",
@@ -147,11 +151,11 @@ def _time_report(store_name: str, uri: str, count: int, scratch: pathlib.Path) -
     create_seconds = time.perf_counter() - started
     parent = store.client(uri).get_run(parent_id)
     started = time.perf_counter()
-    report = sweeps.write_report(tracking_config, parent, scratch / f"report-{store_name[:6]}-{count}")
+    report = write_report(tracking_config, parent, scratch / f"report-{store_name[:6]}-{count}")
     report_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    candidates = registry.sweep_candidates(tracking_config, tracking_config.registered_model, parent,
-                                           "infer/examples_per_sec")
+    candidates = promote.sweep_candidates(tracking_config, tracking_config.registered_model, parent,
+                                          "infer/examples_per_sec")
     champion.choose_champion(candidates, config.compose([], config_name="promote").rule)
     promote_seconds = time.perf_counter() - started
     database = scratch / "mlflow.db"

@@ -179,11 +179,11 @@ class ConsoleFormatter(logging.Formatter):
 
 def print_sweep_summary(sweep_report, report_dir, links: tuple[str, str | None]) -> None:
     """The end of a sweep: the compact table, a sentence per reduced-precision job, where to look next."""
-    from pipeline.analysis import tables
+    from pipeline.analysis import summary
 
-    lines = ["", tables.compact_table(sweep_report.rows), ""]
+    lines = ["", summary.compact_table(sweep_report.rows), ""]
     lines += [f"WARNING {warning}" for warning in sweep_report.warnings]
-    lines += tables.summary_sentences(sweep_report.rows)
+    lines += summary.summary_sentences(sweep_report.rows)
     lines.append(f"report: {report_dir}/report.md (and on the sweep's parent run)")
     url, command = links
     lines.append(f"runs:   {url}" + (f"  (serve the UI first: {command})" if command else ""))

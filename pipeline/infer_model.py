@@ -8,12 +8,12 @@ is the reference for parity.
 import hydra
 from omegaconf import DictConfig
 
-import pipeline.config  # noqa: F401  registers the schemas conf/ names
-from pipeline import commands, console
+import pipeline.core.config  # noqa: F401  registers the schemas conf/ names
+from pipeline import console, failures, job
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="infer_model")
-@commands.reporting_errors
+@failures.reporting_errors
 def main(config: DictConfig) -> float:
     from pipeline.tracking import models, runs, store
 
@@ -30,7 +30,7 @@ def main(config: DictConfig) -> float:
         measure = infer.infer_litert if str(served).endswith(".tflite") else infer.infer  # what the URI serves
         inferred = measure(served, datasets.test, evaluated.logits, config.infer)
         runs.log_metrics(evaluated.metrics() | inferred.metrics())
-        runs.log_confusion_matrix(evaluated.confusion)
+        job.log_confusion_matrix(evaluated.confusion)
     headline = {"eval/loss": evaluated.loss, "eval/accuracy": evaluated.accuracy} | inferred.metrics()
     for name, value in headline.items():
         print(f"{name:24s} {value:.6g}")

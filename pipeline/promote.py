@@ -6,12 +6,12 @@ The rule itself is pipeline/analysis/champion.py; running the command again chan
 import hydra
 from omegaconf import DictConfig
 
-import pipeline.config  # noqa: F401  registers the schemas conf/ names
-from pipeline import PipelineError, commands
+import pipeline.core.config  # noqa: F401  registers the schemas conf/ names
+from pipeline import PipelineError, failures
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="promote")
-@commands.reporting_errors
+@failures.reporting_errors
 def main(config: DictConfig) -> None:
     from pipeline.analysis import champion
     from pipeline.tracking import registry, sweeps
@@ -22,7 +22,7 @@ def main(config: DictConfig) -> None:
         raise PipelineError("tracking.registered_model is null: nothing to promote; name the registered model")
     parent_run = sweeps.require_sweep(config.tracking, config.sweep_id)
     sweep_id = parent_run.data.tags[sweeps.SWEEP_ID_TAG]
-    candidates = registry.sweep_candidates(config.tracking, name, parent_run, config.rule.metric)
+    candidates = sweep_candidates(config.tracking, name, parent_run, config.rule.metric)
     if not candidates:
         raise NotFoundError(f"tracking.registered_model={name} has no version registered by sweep {sweep_id}; "
                             "check the name (the MLflow UI's Models page), or run the sweep with registration on")
@@ -43,6 +43,15 @@ def main(config: DictConfig) -> None:
     registry.set_champion(config.tracking, name, chosen.version, config.aliases, {"rule": reason, "figures": figures})
     print(f"{name} version {chosen.version} ({chosen.run_name}, {chosen.export_format}) is now "
           f"@{config.aliases.champion}: {reason}")
+
+
+def sweep_candidates(tracking_config, name: str, parent_run, metric: str) -> list:
+    """Every version of `name` that the sweep of `parent_run` registered, as the promotion rule reads it."""
+    from pipeline.analysis import champion
+    from pipeline.tracking import registry
+
+    return [champion.candidate(version, run, metric)
+            for version, run in registry.sweep_versions(tracking_config, name, parent_run)]
 
 
 if __name__ == "__main__":

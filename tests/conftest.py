@@ -11,7 +11,7 @@ import subprocess
 import pytest
 from helpers import FASHION_MNIST_DIR, Store
 
-from pipeline import config
+from pipeline.core import config
 
 # TensorFlow's C++ start-up chatter buries pytest's output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

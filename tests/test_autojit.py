@@ -10,14 +10,15 @@ import pytest
 import tensorflow as tf
 from helpers import tiny_datasets
 
-from pipeline.config import JitCompile
 from pipeline.core import model
-from pipeline.stages import autojit, batches, steps, train
+from pipeline.core.config import JitCompile
+from pipeline.stages import train
+from pipeline.training import batch_order, compile_mode, steps
 
 
 def probe_with(built, optimizer, datasets, build_call, candidates=(JitCompile.false, JitCompile.step)):
-    order = batches.BatchOrder(len(datasets.train.labels), datasets.batch_size, (datasets.batch_size,), seed=0)
-    return autojit.probe(list(candidates), build_call, lambda count: order.indices(0, count), 8,
+    order = batch_order.BatchOrder(len(datasets.train.labels), datasets.batch_size, (datasets.batch_size,), seed=0)
+    return compile_mode.probe(list(candidates), build_call, lambda count: order.indices(0, count), 8,
                          [*built.variables, *optimizer.variables])
 
 
@@ -67,7 +68,7 @@ def test_a_cache_hit_skips_the_probe(compose, tmp_path, monkeypatch):
     def no_probe(*arguments, **keywords):
         raise AssertionError("probed despite a cached decision")
 
-    monkeypatch.setattr(autojit, "probe", no_probe)
+    monkeypatch.setattr(compile_mode, "probe", no_probe)
     second = train.train(model.build_model(config.model, "float32", seed=0), tiny_datasets(), config.train, "float32")
     assert second.jit.source == "cache" and second.jit.mode == first.jit.mode
     assert second.jit.probe_seconds < 0.2
@@ -79,7 +80,7 @@ def test_a_cache_hit_skips_the_probe(compose, tmp_path, monkeypatch):
 
 
 def test_a_forced_mode_is_never_probed(compose, monkeypatch):
-    monkeypatch.setattr(autojit, "probe", lambda *arguments, **keywords: pytest.fail("probed a forced mode"))
+    monkeypatch.setattr(compile_mode, "probe", lambda *arguments, **keywords: pytest.fail("probed a forced mode"))
     config = compose(["train.max_steps=16", "train.jit_compile=step"])
     result = train.train(model.build_model(config.model, "float32", seed=0), tiny_datasets(), config.train, "float32")
     assert (result.jit.mode, result.jit.source) == ("step", "forced")
@@ -111,8 +112,8 @@ def test_under_a_strategy_or_for_convolutions_on_a_cpu_whole_call_xla_is_not_tri
     result = train.train(built, tiny_datasets(), config.train, "float32", optimizer=optimizer, strategy=strategy)
     assert set(result.jit.step_ms) == {"false", "step"}
     convnet = model.build_model(compose(["model=cnn"]).model, "float32", seed=0)
-    assert JitCompile.true not in autojit.candidate_modes(convnet, strategy=None)
-    assert JitCompile.true in autojit.candidate_modes(model.build_model(config.model, "float32", seed=0), None)
+    assert JitCompile.true not in compile_mode.candidate_modes(convnet, strategy=None)
+    assert JitCompile.true in compile_mode.candidate_modes(model.build_model(config.model, "float32", seed=0), None)
 
 
 def test_every_compiling_call_is_warm_up(compose):
@@ -127,8 +128,9 @@ def test_every_compiling_call_is_warm_up(compose):
 
 
 def test_calls_run_across_epoch_ends_in_the_epochs_own_order():
-    order = batches.BatchOrder(example_count=40, batch_size=4, batch_shape=(4,), seed=3)  # 10 steps an epoch
+    order = batch_order.BatchOrder(example_count=40, batch_size=4, batch_shape=(4,), seed=3)  # 10 steps an epoch
     indices = order.indices(8, 4).numpy()  # steps 9-10 of epoch 0, steps 1-2 of epoch 1
-    expected = np.concatenate([batches.epoch_order(40, 3, 0).numpy()[32:40], batches.epoch_order(40, 3, 1).numpy()[:8]])
+    expected = np.concatenate([batch_order.epoch_order(40, 3, 0).numpy()[32:40],
+                               batch_order.epoch_order(40, 3, 1).numpy()[:8]])
     np.testing.assert_array_equal(indices.reshape(-1), expected)
     assert indices.shape == (4, 4)

@@ -4,8 +4,8 @@ import pathlib
 
 import pytest
 
-from pipeline import config
-from pipeline.config import CONFIG_DIR
+from pipeline.core import config
+from pipeline.core.config import CONFIG_DIR
 
 GROUPS = {
     group.name: sorted(option.stem for option in group.glob("*.yaml"))

@@ -7,7 +7,7 @@ import sys
 import pytest
 from helpers import QUICK_INFER, REPO_ROOT, Store, free_ports, python_environment, run_pipeline
 
-from pipeline import config
+from pipeline.core import config
 
 ACCURACY_TOLERANCE = 0.005  # same global batch, seed and data order: only the all-reduce's summation order differs
 
@@ -19,7 +19,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 keras.mixed_precision.set_global_policy("mixed_float16")
-from pipeline.stages import steps
+from pipeline.training import steps
 with strategy.scope():
     variable = keras.Variable(np.ones(3, np.float32))
     optimizer = steps.make_optimizer("mixed_float16", 0.1)

@@ -22,9 +22,9 @@ from helpers import (
     wait_until_up,
 )
 
-from pipeline.config import ExportFormat
 from pipeline.core import data, model
-from pipeline.stages import evaluate, export, infer, litert, train
+from pipeline.core.config import ExportFormat
+from pipeline.stages import evaluate, export, infer, train
 
 # Agreement with the Keras model's argmax each format promises on the test split.
 AGREEMENT = {"litert_float32": 0.999, "litert_float16": 0.995, "litert_dynamic_int8": 0.99, "litert_int8": 0.98}
@@ -66,9 +66,9 @@ def test_a_format_that_fails_to_convert_is_one_line_naming_it(compose, tmp_path)
     config = compose(["model=cnn", "export.serving_policy=mixed_bfloat16"])
     built = model.build_model(config.model, "float32", seed=0)
     exported = export.export(built, config.export, config.model, "float32", seed=0)  # a bfloat16 graph
-    with pytest.raises(litert.ConversionError, match=r"^export.formats: litert_float32 failed to convert \(.*\); "
+    with pytest.raises(export.ConversionError, match=r"^export.formats: litert_float32 failed to convert \(.*\); "
                                                      r"drop litert_float32 from export.formats$"):
-        litert.convert(exported.saved_model_dir, ExportFormat.litert_float32, None, tmp_path / "model.tflite")
+        export.convert(exported.saved_model_dir, ExportFormat.litert_float32, None, tmp_path / "model.tflite")
 
 
 @pytest.mark.e2e

@@ -4,14 +4,13 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.config import Policy
 from pipeline.core import model, precision
 
-COMPUTE_DTYPES = {"float32": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
+COMPUTE_DTYPES = {name: spec.compute_dtype for name, spec in precision.POLICIES.items()}
 
 
 @pytest.mark.parametrize("model_name", ["mlp", "cnn"])
-@pytest.mark.parametrize("policy", list(Policy))
+@pytest.mark.parametrize("policy", list(precision.POLICIES))
 def test_output_is_float32_under_every_policy(compose, policy, model_name):
     built = model.build_model(compose([f"model={model_name}"]).model, policy, seed=0)
     logits = built(np.zeros((2, 28, 28, 1), np.float32))

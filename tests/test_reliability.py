@@ -13,7 +13,7 @@ import omegaconf.errors
 import pytest
 from helpers import QUICK_INFER, free_ports, python_environment, run_pipeline
 
-from pipeline import config as config_lib
+from pipeline.core import config as config_lib
 from pipeline.stages import train
 from pipeline.tracking import store as store_lib
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.analysis import report, tables
+from pipeline.analysis import comparison, summary
 
 
 def test_report_compares_each_job_to_float32_at_its_batch_size_and_rate():
@@ -18,7 +18,7 @@ def test_report_compares_each_job_to_float32_at_its_batch_size_and_rate():
         {"run": "e", "model": "mlp", "policy": "mixed_bfloat16", "batch_size": 64, "learning_rate": 0.01,
          "status": "FINISHED", "eval_accuracy": 0.78, "train_examples_per_sec": 1400.0},
     ]
-    by_run = {row["run"]: row for row in report.compare_to_float32(rows)}
+    by_run = {row["run"]: row for row in comparison.compare_to_float32(rows)}
     assert by_run["a"]["speedup_vs_float32"] == 1.0 and by_run["a"]["delta_accuracy_vs_float32"] == 0.0
     assert by_run["b"]["speedup_vs_float32"] == 1.5
     assert by_run["b"]["delta_accuracy_vs_float32"] == pytest.approx(-0.01)
@@ -50,7 +50,7 @@ JOBS = [
 
 
 def rows_by_configuration():
-    return {(row["policy"], row["batch_size"]): row for row in report.compare_to_float32(JOBS)}
+    return {(row["policy"], row["batch_size"]): row for row in comparison.compare_to_float32(JOBS)}
 
 
 def test_repeats_are_one_row_with_mean_and_spread():
@@ -95,13 +95,13 @@ def test_the_class_that_changes_most_is_named():
     jobs = [job("float32", seed, 0.8, 1000.0, class_accuracy=classes) for seed in (0, 1)]
     jobs += [job("mixed_bfloat16", seed, 0.8, 1000.0, class_accuracy=classes[:3] + [0.7 + 0.02 * seed] + classes[4:])
              for seed in (0, 1)]
-    (row,) = [row for row in report.compare_to_float32(jobs) if row["policy"] == "mixed_bfloat16"]
+    (row,) = [row for row in comparison.compare_to_float32(jobs) if row["policy"] == "mixed_bfloat16"]
     assert row["most_changed_class"] == 3 and row["most_changed_class_delta"] == pytest.approx(-0.09)
-    assert tables.cell(row, "most_changed_class") == "3: -0.0900 (-0.2171..+0.0371)"
+    assert summary.cell(row, "most_changed_class") == "3: -0.0900 (-0.2171..+0.0371)"
 
 
 def test_summary_sentences_say_it_in_words():
-    sentences = tables.summary_sentences(report.compare_to_float32(JOBS))
+    sentences = summary.summary_sentences(comparison.compare_to_float32(JOBS))
     assert ("mixed_bfloat16 vs float32, mlp, batch 64, 3 seeds: accuracy -0.0067 (95% CI -0.0210..+0.0077): "
             "no cost detected; 1.50x faster (95% CI 1.27..1.77x)") in sentences
     assert ("mixed_float16 vs float32, mlp, batch 64, 3 seeds: accuracy -0.1000 (95% CI -0.1248..-0.0752): "
@@ -118,4 +118,4 @@ def test_summary_sentences_say_it_in_words():
 ])
 def test_speed_words_and_their_interval_point_the_same_way(speedup, low, high, words):
     # A 0.88x mean whose interval spans 0.71..1.10x once read "1.13x slower (0.71..1.10x)".
-    assert tables._speed_in_words(speedup, low, high) == words
+    assert summary._speed_in_words(speedup, low, high) == words

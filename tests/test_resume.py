@@ -7,7 +7,8 @@ import pytest
 from helpers import interrupt_after_first_checkpoint, resumable_job, run_pipeline, tiny_datasets
 
 from pipeline.core import model
-from pipeline.stages import checkpoints, steps, train
+from pipeline.stages import train
+from pipeline.training import checkpoints, steps
 
 
 def run_to(compose, step_cap: int, checkpoint_dir, resume: bool, policy="mixed_float16"):

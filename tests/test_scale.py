@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from helpers import MODEL_NAME, QUICK_INFER, run_pipeline, synthetic_sweep, tiny_datasets
 
+from pipeline import job, promote
 from pipeline.analysis import champion
-from pipeline.stages import run
-from pipeline.tracking import registry, sweeps
+from pipeline.report import write_report
 from pipeline.tracking import store as store_lib
 
 JOBS = 1200  # past MLflow's 1,000 runs (and versions) a request
@@ -20,12 +20,12 @@ def test_report_and_promotion_read_every_run_and_version_of_a_large_sweep(compos
     parent_id = synthetic_sweep(store.client(), experiment_id, JOBS, register_as=MODEL_NAME)
     parent = store.client().get_run(parent_id)
 
-    report = sweeps.write_report(tracking_config, parent, tmp_path / "report")
+    report = write_report(tracking_config, parent, tmp_path / "report")
     assert len(report.jobs) == JOBS and sum(row["n"] for row in report.rows) == JOBS
     assert len(report.rows) == 12  # 3 policies x 4 batch sizes, 100 seeds each
     assert {row["n"] for row in report.rows} == {100}
 
-    candidates = registry.sweep_candidates(tracking_config, MODEL_NAME, parent, "infer/examples_per_sec")
+    candidates = promote.sweep_candidates(tracking_config, MODEL_NAME, parent, "infer/examples_per_sec")
     assert len(candidates) == JOBS
     chosen, _ = champion.choose_champion(candidates, compose([], config_name="promote").rule)
     assert chosen.version in {candidate.version for candidate in candidates}
@@ -52,7 +52,7 @@ def test_a_later_job_of_the_same_model_reuses_its_compiled_calls_and_learns_the_
     for learning_rate in (0.001, 0.001, 0.01):
         config = compose(["train.epochs=2", "train.deterministic=true", "train.jit_compile=step",
                           f"train.learning_rate={learning_rate}", "precision=mixed_float16"])
-        results.append(run._build_and_train(config, None, tiny_datasets(), config.train.checkpoint_dir,
+        results.append(job._build_and_train(config, None, tiny_datasets(), config.train.checkpoint_dir,
                                             log_metric=None))
     first, again, other_rate = results
     assert again.model is first.model and again.optimizer is first.optimizer  # reused, not rebuilt
@@ -62,6 +62,6 @@ def test_a_later_job_of_the_same_model_reuses_its_compiled_calls_and_learns_the_
     assert other_rate.final_loss != first.final_loss
     # Another batch size is another program: its first call is warm-up again, not step time.
     config = compose(["train.epochs=1", "train.jit_compile=step", "precision=mixed_float16"])
-    other_batch = run._build_and_train(config, None, tiny_datasets(batch_size=16), config.train.checkpoint_dir,
+    other_batch = job._build_and_train(config, None, tiny_datasets(batch_size=16), config.train.checkpoint_dir,
                                        log_metric=None)
     assert other_batch.model is first.model and other_batch.warmup_calls >= 1

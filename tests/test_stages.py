@@ -3,12 +3,10 @@
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from helpers import tiny_datasets
+from helpers import QUICK_INFER, tiny_datasets
 
 from pipeline.core import data, model
 from pipeline.stages import evaluate, export, infer, train
-
-QUICK_INFER = ["infer.latency_runs=5", "infer.throughput_runs=2"]
 
 
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])

@@ -6,7 +6,8 @@ import pytest
 from helpers import tiny_datasets
 
 from pipeline.core import data, model
-from pipeline.stages import batches, steps, train
+from pipeline.stages import train
+from pipeline.training import batch_order, steps
 
 
 def test_overflowing_float16_step_is_skipped_not_applied(compose):
@@ -75,11 +76,11 @@ def test_progress_never_shows_the_rate_of_a_compiling_call(compose):
 
 
 def test_epoch_order_is_a_seeded_permutation():
-    first = batches.epoch_order(100, seed=3, epoch=0).numpy()
+    first = batch_order.epoch_order(100, seed=3, epoch=0).numpy()
     assert sorted(first.tolist()) == list(range(100))
-    np.testing.assert_array_equal(first, batches.epoch_order(100, seed=3, epoch=0).numpy())
-    assert not np.array_equal(first, batches.epoch_order(100, seed=3, epoch=1).numpy())
-    assert not np.array_equal(first, batches.epoch_order(100, seed=4, epoch=0).numpy())
+    np.testing.assert_array_equal(first, batch_order.epoch_order(100, seed=3, epoch=0).numpy())
+    assert not np.array_equal(first, batch_order.epoch_order(100, seed=3, epoch=1).numpy())
+    assert not np.array_equal(first, batch_order.epoch_order(100, seed=4, epoch=0).numpy())
 
 
 @pytest.mark.parametrize("jit_compile", ["false", "step", "true"])

@@ -1,1 +1,2 @@
-"""Comparing finished runs: the sweep report (tables, plots) and the promotion rule."""
+"""Comparing finished runs, without MLflow: the sweep's comparison (comparison.py) with its statistics,
+text (summary.py) and plots, the deployment table, and the promotion rule (champion.py)."""

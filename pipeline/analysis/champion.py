@@ -15,6 +15,7 @@ import dataclasses
 
 from pipeline import PipelineError
 from pipeline.analysis import statistics
+from pipeline.core import precision
 
 
 @dataclasses.dataclass
@@ -47,6 +48,30 @@ def format_metric(metric: str, export_format: str) -> str:
     return f"infer/{export_format}/{parts[1]}"
 
 
+def candidate(version, run, metric: str) -> Candidate:
+    """A registered model version (mlflow.entities.model_registry.ModelVersion) and the run that logged it
+    (mlflow.entities.Run), read as the rule sees them, with `metric` as the score.
+
+    A LiteRT version is judged on its own figures; the SavedModel's accuracy is the trained model's.
+    """
+    metrics, params = run.data.metrics, run.data.params
+    export_format = version.tags.get("export.format", "saved_model")
+    accuracy = "eval/accuracy" if export_format == "saved_model" else f"infer/{export_format}/accuracy"
+    return Candidate(
+        version=version.version,
+        run_name=run.info.run_name,
+        policy=params.get("precision.policy", "?"),
+        accuracy=metrics.get(accuracy),
+        agreement=metrics.get(format_metric("infer/agreement", export_format)),
+        score=metrics.get(format_metric(metric, export_format)),
+        export_format=export_format,
+        model=params.get("model.name", "?"),
+        batch_size=int(params.get("data.batch_size", 0)),
+        learning_rate=float(params.get("train.learning_rate", 0)),
+        seed=params.get("train.seed"),
+    )
+
+
 class NoChampionError(PipelineError):
     """No version of the sweep satisfies the rule."""
 
@@ -59,7 +84,7 @@ def choose_champion(candidates: list[Candidate], rule) -> tuple[Candidate, str]:
     Raises:
         NoChampionError: no float32 baseline, or no version passes both thresholds.
     """
-    baselines = [candidate.accuracy for candidate in candidates if candidate.policy == "float32"
+    baselines = [candidate.accuracy for candidate in candidates if precision.is_reference(candidate.policy)
                  and candidate.export_format == "saved_model" and candidate.accuracy is not None]
     formats = rule.get("formats")
     if formats:
@@ -98,19 +123,19 @@ def _choose_by_interval(candidates: list[Candidate], rule) -> tuple[Candidate, s
     configurations: dict[tuple, list[Candidate]] = {}
     for candidate in candidates:
         configurations.setdefault(candidate.configuration, []).append(candidate)
-    baselines = {(model, batch_size, learning_rate): {candidate.seed: candidate for candidate in members}
+    baselines = {(model, policy, batch_size, learning_rate): {candidate.seed: candidate for candidate in members}
                  for (model, policy, batch_size, learning_rate, export_format), members in configurations.items()
-                 if policy == "float32" and export_format == "saved_model"}
+                 if precision.is_reference(policy) and export_format == "saved_model"}
     if not baselines:
         raise NoChampionError("the sweep registered no float32 version to compare accuracy against; "
                               "include precision=float32 in the sweep")
     qualified = []
     for (model, policy, batch_size, learning_rate, _), members in configurations.items():
-        partners = baselines.get((model, batch_size, learning_rate), {})
+        partners = baselines.get((model, precision.reference_of(policy), batch_size, learning_rate), {})
         delta = statistics.mean_interval(member.accuracy - partners[member.seed].accuracy for member in members
                                          if member.seed in partners and member.accuracy is not None
                                          and partners[member.seed].accuracy is not None)
-        passes_accuracy = policy == "float32" or (delta is not None and delta.has_interval
+        passes_accuracy = precision.is_reference(policy) or (delta is not None and delta.has_interval
                                                   and delta.high > -rule.accuracy_tolerance)
         passes_parity = all(_agrees(member, rule) for member in members)
         scores = [member.score for member in members if member.score is not None]

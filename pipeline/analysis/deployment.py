@@ -5,6 +5,7 @@ import csv
 import pathlib
 
 from pipeline.analysis import plots, statistics
+from pipeline.core import precision
 
 FIGURES = ("size_bytes", "accuracy", "agreement", "latency_ms_p50", "examples_per_sec")
 COLUMNS = ("model", "policy", "batch_size", "learning_rate", "format", "n", "size_bytes", "accuracy",
@@ -16,8 +17,8 @@ def deployment_rows(job_rows: list[dict]) -> list[dict]:
     """Per configuration and exported format: size, accuracy and its change against the float32
     SavedModel of the same model, batch size, rate and seed (with a 95 % interval where seeds
     repeat), agreement with the trained model, batch-1 latency and large-batch throughput."""
-    baselines = {(job["model"], job["batch_size"], job["learning_rate"], job.get("seed")): job for job in job_rows
-                 if job["policy"] == "float32" and job["status"] == "FINISHED"}
+    baselines = {(job["model"], job["policy"], job["batch_size"], job["learning_rate"], job.get("seed")): job
+                 for job in job_rows if precision.is_reference(job["policy"]) and job["status"] == "FINISHED"}
     groups: dict[tuple, list[tuple[dict, dict]]] = {}
     for job in job_rows:
         for export_format, figures in (job.get("deployment") or {}).items():
@@ -30,7 +31,8 @@ def deployment_rows(job_rows: list[dict]) -> list[dict]:
         for figure in FIGURES:
             estimate = statistics.mean_interval(figures[figure] for _, figures in members)
             row[figure] = estimate.mean if estimate else None
-        partner = [(figures["accuracy"], baselines.get((model, batch_size, learning_rate, job.get("seed"))))
+        reference = precision.reference_of(policy)
+        partner = [(figures["accuracy"], baselines.get((model, reference, batch_size, learning_rate, job.get("seed"))))
                    for job, figures in members]
         delta = statistics.mean_interval(_difference(accuracy, (baseline or {}).get("deployment", {})
                                                      .get("saved_model", {}).get("accuracy"))

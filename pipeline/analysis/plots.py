@@ -2,6 +2,7 @@
 
 import pathlib
 
+from pipeline.core import precision
 from pipeline.core.data import NUM_CLASSES
 
 
@@ -47,7 +48,7 @@ def plot(rows: list[dict], loss_curves: dict[str, list[tuple[int, float]]], outp
 
 def _plot_class_deltas(pyplot, rows: list[dict], path: pathlib.Path) -> pathlib.Path:
     """Per class, each reduced-precision configuration's accuracy change against float32 (paired by seed)."""
-    compared = [row for row in rows if row["policy"] != "float32" and any(row.get("class_deltas") or [])]
+    compared = [row for row in rows if not precision.is_reference(row["policy"]) and any(row.get("class_deltas") or [])]
     figure, axes = pyplot.subplots(figsize=(8, 4.5))
     width = 0.8 / max(len(compared), 1)
     for index, row in enumerate(compared):
@@ -81,6 +82,15 @@ def _save(figure, axes, path: pathlib.Path) -> pathlib.Path:
     return path
 
 
+def write_confusion_matrix(confusion, folder: pathlib.Path) -> list[pathlib.Path]:
+    """The confusion matrix as confusion_matrix.json (the counts) and confusion_matrix.png in `folder`."""
+    import json
+
+    counts = folder / "confusion_matrix.json"
+    counts.write_text(json.dumps({"rows": "true class", "columns": "predicted class", "counts": confusion.tolist()}))
+    return [counts, plot_confusion_matrix(confusion, folder / "confusion_matrix.png")]
+
+
 def plot_confusion_matrix(confusion, path: pathlib.Path) -> pathlib.Path:
     """Counts of (true class, predicted class), shaded, with the counts written in."""
     import matplotlib
@@ -108,7 +118,7 @@ def plot_accuracy_vs_latency(rows: list[dict], output_dir: pathlib.Path) -> path
     from matplotlib import pyplot
 
     figure, axes = pyplot.subplots(figsize=(7, 4.5))
-    markers = {"float32": "o", "mixed_float16": "s", "mixed_bfloat16": "^"}
+    markers = dict(zip(precision.POLICIES, "os^Dvp*"))  # one shape per policy, in the table's order
     for export_format in sorted({row["format"] for row in rows}):
         points = [row for row in rows if row["format"] == export_format and row["latency_ms_p50"] is not None]
         for index, row in enumerate(points):

@@ -1,4 +1,5 @@
-"""The core: data, the model definitions, precision policies, the device and tf.distribute.
+"""The core: the config schemas and checks, precision policies, data, the model definitions, the
+device and tf.distribute.
 
-Knows nothing of MLflow or of the stages; the stages and the commands build on it.
+Knows nothing of MLflow or of the stages; everything else builds on it.
 """

@@ -15,7 +15,7 @@ import numpy as np
 from pipeline import PipelineError
 
 if typing.TYPE_CHECKING:  # the served model imports this module; it needs no Hydra
-    from pipeline.config import DataConfig
+    from pipeline.core.config import DataConfig
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28, 1)

@@ -10,7 +10,7 @@ import json
 import os
 
 from pipeline import PipelineError
-from pipeline.config import DistributeConfig
+from pipeline.core.config import DistributeConfig
 
 _strategies = {}  # one strategy per process and setting: MultiWorkerMirroredStrategy can only be made once
 

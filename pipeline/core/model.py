@@ -3,8 +3,8 @@
 import hydra.utils
 import keras
 
-from pipeline.config import CnnConfig, MlpConfig
 from pipeline.core import data, distribute, precision
+from pipeline.core.config import CnnConfig, MlpConfig
 
 
 def build_model(model_config: MlpConfig | CnnConfig, policy: str, seed: int, strategy=None) -> keras.Model:

@@ -1,6 +1,6 @@
-"""The four stages (train, evaluate, export, infer), their compiled steps and checkpoints, and
-`run.run_stages`, which chains them for one job and records each result through pipeline.tracking.
+"""The four stages, one module and one verb each: train, evaluate, export, infer.
 
-The stage modules themselves never import pipeline.tracking: what they report goes out through a
-callable they are given, so tests run them without a store.
+pipeline/job.py chains them for one job. A stage never imports pipeline.tracking: it returns its
+result, and what it reports as it goes goes out through a callable it is given, so tests run the
+stages without a store.
 """

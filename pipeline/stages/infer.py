@@ -7,9 +7,9 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from pipeline.config import InferConfig
 from pipeline.core import data
-from pipeline.stages import litert
+from pipeline.core.config import InferConfig
+from pipeline.serving import litert
 
 
 @dataclasses.dataclass

@@ -15,9 +15,9 @@ import keras
 import numpy as np
 
 from pipeline import PipelineError
-from pipeline.config import JitCompile, TrainConfig, jit_mode
 from pipeline.core import data, device, distribute
-from pipeline.stages import autojit, batches, steps
+from pipeline.core.config import JitCompile, TrainConfig, jit_mode
+from pipeline.training import batch_order, compile_mode, steps
 
 # Receives a metric name and its (step, value) points; the entry point passes one that logs to
 # MLflow, tests pass a list's append or nothing.
@@ -70,7 +70,7 @@ class TrainResult:
     peak_memory_source: str
     warmup_seconds: float
     warmup_calls: int  # calls that compiled a program (the first of each step count), kept out of step times
-    jit: autojit.Choice
+    jit: compile_mode.Choice
     skipped_steps: int = 0
     loss_scale: float | None = None
 
@@ -119,7 +119,7 @@ def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig
         with distribute.scope(strategy):
             optimizer.build(model.trainable_variables)
     batch_size = datasets.batch_size
-    order = batches.BatchOrder(len(datasets.train.labels), batch_size, _batch_shape(strategy, batch_size),
+    order = batch_order.BatchOrder(len(datasets.train.labels), batch_size, _batch_shape(strategy, batch_size),
                                train_config.seed)
     total_steps = min(train_config.epochs * order.steps_per_epoch, train_config.max_steps or math.inf)
     calls = calls or steps.Calls(model, optimizer, strategy)
@@ -175,16 +175,17 @@ def _batch_shape(strategy, batch_size: int) -> tuple[int, ...]:
 
 
 def _choose_jit_mode(calls: steps.Calls, split_on_device: tuple, train_config: TrainConfig, policy: str,
-                     order: batches.BatchOrder, start_step: int) -> autojit.Choice:
-    return autojit.choose(
+                     order: batch_order.BatchOrder, start_step: int) -> compile_mode.Choice:
+    return compile_mode.choose(
         jit_mode(train_config.jit_compile),
-        autojit.candidate_modes(calls.model, calls.strategy),
+        compile_mode.candidate_modes(calls.model, calls.strategy),
         build_call=lambda mode: calls.bound(mode, split_on_device),
         indices_for=lambda step_count: order.indices(start_step, step_count),
         steps_per_call=train_config.steps_per_call,
         variables=[*calls.model.variables, *calls.optimizer.variables],
         cache_file=train_config.jit_cache_file,
-        key=autojit.cache_key(calls.model, policy, order.batch_shape[-1], train_config.steps_per_call, calls.strategy),
+        key=compile_mode.cache_key(calls.model, policy, order.batch_shape[-1], train_config.steps_per_call,
+                                   calls.strategy),
     )
 
 
@@ -193,7 +194,7 @@ def _steps_to_boundary(step: int, every: int | None) -> int:
 
 
 def _summarize(model, optimizer, step, loss_value, call_seconds, call_steps, warmup, batch_size,
-               choice: autojit.Choice) -> TrainResult:
+               choice: compile_mode.Choice) -> TrainResult:
     timed = [index for index, compiling in enumerate(warmup) if not compiling] or list(range(len(call_seconds)))
     seconds, step_counts = np.array(call_seconds)[timed], np.array(call_steps)[timed]
     per_step_seconds = seconds / step_counts

@@ -5,14 +5,14 @@ import pathlib
 import mlflow
 
 import pipeline
-from pipeline.tracking import serving
+from pipeline.serving import classifier
 from pipeline.tracking.store import NotFoundError
 
 
 def log_model(model, saved_model_dir, input_example) -> str:
     """Logs the served model and the Keras model behind it; returns the served model's URI.
 
-    `model` (pyfunc): the exported SavedModel behind input checks (tracking/serving.py), with
+    `model` (pyfunc): the exported SavedModel behind input checks (pipeline/serving/classifier.py), with
     signature and input example: what is registered and served. `keras_model`: the same network
     as a Keras model, the reference that inference from the registry compares against.
     """
@@ -37,11 +37,11 @@ def log_litert_model(export_format: str, path, input_example) -> str:
 
 
 def _log_pyfunc(name: str, artifacts: dict[str, str], input_example, extra_requirements=()) -> str:
-    """The served model: tracking/serving.py's ImageClassifier over `artifacts`, as code (not a pickle),
+    """The served model: pipeline/serving/classifier.py's ImageClassifier over `artifacts`, as code (not a pickle),
     with the image signature and the input example."""
     return mlflow.pyfunc.log_model(
         name=name,
-        python_model=str(pathlib.Path(serving.__file__).with_name("serving_model.py")),
+        python_model=str(pathlib.Path(classifier.__file__).with_name("model_code.py")),
         artifacts=artifacts,
         code_paths=[str(pathlib.Path(pipeline.__file__).parent)],  # the pipeline package, so it loads anywhere
         signature=_signature(input_example),

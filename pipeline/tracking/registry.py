@@ -4,17 +4,13 @@ import json
 
 import mlflow
 
-from pipeline import console
-from pipeline.analysis import champion
-from pipeline.analysis.champion import Candidate
-from pipeline.config import TrackingConfig
+from pipeline.core.config import TrackingConfig
 from pipeline.tracking import pages, store, sweeps
 
 
 def register(model_uri: str, name: str, tags: dict[str, str], description: str) -> str:
     """Registers `model_uri` as a new version of `name` in the current store; returns the version."""
-    with console.without_mlflow_prints():
-        version = mlflow.register_model(model_uri, name, tags=tags)
+    version = mlflow.register_model(model_uri, name, tags=tags)
     store.client().update_model_version(name, version.version, description=description)
     return version.version
 
@@ -36,35 +32,15 @@ def gate(tracking_config: TrackingConfig, accuracy: float, agreement: float,
     return None
 
 
-def sweep_candidates(tracking_config: TrackingConfig, name: str, parent_run, metric: str) -> list[Candidate]:
-    """Every version of `name` registered by the sweep of `parent_run`, with its run's figures; the
-    versions and runs are read page by page, however many there are."""
+def sweep_versions(tracking_config: TrackingConfig, name: str, parent_run) -> list[tuple]:
+    """(model version, its run) for every version of `name` registered by the sweep of `parent_run`, oldest
+    version first; the versions and runs are read page by page, however many there are."""
     client = store.client(tracking_config.uri)
     sweep_id = parent_run.data.tags[sweeps.SWEEP_ID_TAG]
     jobs = {job.info.run_id: job for job in sweeps.sweep_jobs(tracking_config, parent_run)}
-    candidates = []
-    for version in pages.search_all_model_versions(client, f"name='{name}'"):
-        if version.tags.get("sweep.id") != sweep_id or version.run_id not in jobs:
-            continue
-        run = jobs[version.run_id]
-        metrics = run.data.metrics
-        export_format = version.tags.get("export.format", "saved_model")
-        # A LiteRT version is judged on its own figures; the SavedModel's accuracy is the trained model's.
-        accuracy = "eval/accuracy" if export_format == "saved_model" else f"infer/{export_format}/accuracy"
-        candidates.append(Candidate(
-            version=version.version,
-            run_name=run.info.run_name,
-            policy=run.data.params.get("precision.policy", "?"),
-            accuracy=metrics.get(accuracy),
-            agreement=metrics.get(champion.format_metric("infer/agreement", export_format)),
-            score=metrics.get(champion.format_metric(metric, export_format)),
-            export_format=export_format,
-            model=run.data.params.get("model.name", "?"),
-            batch_size=int(run.data.params.get("data.batch_size", 0)),
-            learning_rate=float(run.data.params.get("train.learning_rate", 0)),
-            seed=run.data.params.get("train.seed"),
-        ))
-    return sorted(candidates, key=lambda candidate: int(candidate.version))
+    versions = [version for version in pages.search_all_model_versions(client, f"name='{name}'")
+                if version.tags.get("sweep.id") == sweep_id and version.run_id in jobs]
+    return [(version, jobs[version.run_id]) for version in sorted(versions, key=lambda version: int(version.version))]
 
 
 def current_alias(tracking_config: TrackingConfig, name: str, alias: str) -> str | None:

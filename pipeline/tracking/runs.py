@@ -11,7 +11,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import TrackingConfig
+from pipeline.core.config import TrackingConfig
 from pipeline.tracking import liveness, store
 from pipeline.tracking.store import TrackingError
 
@@ -118,20 +118,9 @@ def _log_input(dataset, context: str, attempts: int = 3) -> None:
                 raise
 
 
-def log_confusion_matrix(confusion) -> None:
-    """The evaluate stage's confusion matrix, as eval/confusion_matrix.json and .png on the run."""
-    import json
-    import pathlib
-    import tempfile
-
-    from pipeline.analysis import plots
-
-    with tempfile.TemporaryDirectory(prefix="confusion-") as folder:
-        folder = pathlib.Path(folder)
-        (folder / "confusion_matrix.json").write_text(json.dumps(
-            {"rows": "true class", "columns": "predicted class", "counts": confusion.tolist()}))
-        plots.plot_confusion_matrix(confusion, folder / "confusion_matrix.png")
-        mlflow.log_artifacts(str(folder), "eval")
+def log_artifacts(folder, artifact_path: str) -> None:
+    """The files in `folder` on the active run, under `artifact_path`."""
+    mlflow.log_artifacts(str(folder), artifact_path)
 
 
 def log_metric_history(name: str, points: list[tuple[int, float]]) -> None:

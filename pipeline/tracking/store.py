@@ -11,7 +11,7 @@ import urllib.request
 import mlflow
 
 from pipeline import PipelineError
-from pipeline.config import TrackingConfig
+from pipeline.core.config import TrackingConfig
 from pipeline.tracking import liveness
 
 # MLflow 3's UI opens experiments of this kind on their training runs, not the GenAI overview.

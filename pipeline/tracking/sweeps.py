@@ -1,11 +1,10 @@
-"""A -m sweep in MLflow: its parent run, its jobs' child runs, and its report logged on the parent."""
+"""A -m sweep in MLflow: its parent run, its jobs' child runs, and its report's files on the parent."""
 
 import pathlib
 
 from omegaconf import OmegaConf
 
-from pipeline.analysis import report
-from pipeline.config import TrackingConfig
+from pipeline.core.config import TrackingConfig
 from pipeline.tracking import liveness, pages, store
 
 SWEEP_ID_TAG = "sweep.id"
@@ -64,17 +63,16 @@ def sweep_jobs(tracking_config: TrackingConfig, parent_run) -> list:
                                  order_by=["attributes.start_time ASC"])
 
 
-def write_report(tracking_config: TrackingConfig, parent_run, report_dir) -> report.Report:
-    """Builds the report of a sweep's jobs into `report_dir` and logs its files on the parent run, under report/."""
+def metric_histories(tracking_config: TrackingConfig, runs: list, name: str) -> dict[str, list[tuple[int, float]]]:
+    """Each run's (step, value) points of metric `name`, by run id: one request per run."""
     client = store.client(tracking_config.uri)
-    jobs = sweep_jobs(tracking_config, parent_run)
-    plotted = report.loss_curve_jobs(jobs)  # one request per curve: a bounded number of curves
-    loss_histories = {job.info.run_id: [(point.step, point.value)
-                                        for point in client.get_metric_history(job.info.run_id, "train/loss")]
-                      for job in plotted}
-    sweep_report = report.make_report(jobs, loss_histories, report_dir)
-    client.log_artifacts(parent_run.info.run_id, str(report_dir), "report")
-    return sweep_report
+    return {run.info.run_id: [(point.step, point.value) for point in client.get_metric_history(run.info.run_id, name)]
+            for run in runs}
+
+
+def log_report(tracking_config: TrackingConfig, parent_run, report_dir) -> None:
+    """The report's files, on the sweep's parent run under report/."""
+    store.client(tracking_config.uri).log_artifacts(parent_run.info.run_id, str(report_dir), "report")
 
 
 def log_search_result(tracking_config: TrackingConfig, parent_run_id: str, results_file) -> None:

@@ -5,6 +5,6 @@ Plain source instead of a pickled object, so loading a served model unpickles no
 
 import mlflow
 
-from pipeline.tracking.serving import ImageClassifier
+from pipeline.serving.classifier import ImageClassifier
 
 mlflow.models.set_model(ImageClassifier())

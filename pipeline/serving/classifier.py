@@ -43,7 +43,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         if "litert_model" in context.artifacts:
-            from pipeline.stages import litert
+            from pipeline.serving import litert
 
             self._predict = litert.Runner(context.artifacts["litert_model"])  # a flatbuffer: no Python code runs
             return

@@ -48,12 +48,12 @@ class SweepTrackingCallback(Callback):
         atexit.register(self._end_if_open, "KILLED")
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from pipeline import console
+        from pipeline import console, report
         from pipeline.tracking import store, sweeps
 
         parent_run = sweeps.find_sweep(config.tracking, sweep_id_of(config.hydra))
         report_dir = os.path.join(config.hydra.sweep.dir, "report")
-        sweep_report = sweeps.write_report(config.tracking, parent_run, report_dir)
+        sweep_report = report.write_report(config.tracking, parent_run, report_dir)
         search_results = os.path.join(config.hydra.sweep.dir, "optimization_results.yaml")
         if os.path.exists(search_results):  # written by the Optuna sweeper (hparams_search=...)
             sweeps.log_search_result(config.tracking, self.parent_run_id, search_results)

@@ -1,11 +1,11 @@
 """Typed config schemas (registered with Hydra's ConfigStore), their allowed values, and the checks
 types cannot express.
 
-The home of every list of choices: the precision policies, compilation modes, data sources,
-strategies and stages are written here once; the YAML files under conf/ hold the defaults and
-name their schema in their defaults list, so Hydra rejects a wrong type or an unknown value while
-composing. `validate` then checks ranges and combinations. Both run before TensorFlow is
-imported, so a bad config fails in about a second.
+The home of every list of choices: the compilation modes, data sources, strategies and stages are
+written here once, and the precision policies come from their table in core/precision.py. The YAML
+files under conf/ hold the defaults and name their schema in their defaults list, so Hydra rejects a
+wrong type or an unknown value while composing. `validate` then checks ranges and combinations.
+Both run before TensorFlow is imported, so a bad config fails in about a second.
 """
 
 import dataclasses
@@ -18,17 +18,16 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 from pipeline import PipelineError
+from pipeline.core import precision
 
-CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "conf"
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[2] / "conf"
 # Examples in each split, for checking batch sizes before any data is read.
 SPLIT_SIZES = {"mnist": {"train": 60000, "test": 10000}, "fashion_mnist": {"train": 60000, "test": 10000}}
 STAGES = ("train", "evaluate", "export", "infer")
 
 
-class Policy(enum.StrEnum):
-    float32 = "float32"
-    mixed_float16 = "mixed_float16"
-    mixed_bfloat16 = "mixed_bfloat16"
+# Read from the policy table (core/precision.py), so a policy added there is a config value here.
+Policy = enum.StrEnum("Policy", [(name, name) for name in precision.POLICIES])
 
 
 # `same` (the training policy) or any policy.
@@ -37,7 +36,7 @@ ServingPolicy = enum.StrEnum("ServingPolicy", ["same", *Policy])
 
 class JitCompile(enum.StrEnum):
     """What XLA compiles: nothing, each optimizer step, or each whole multi-step call; auto: the
-    fastest of these for the job, measured (pipeline/stages/autojit.py)."""
+    fastest of these for the job, measured (pipeline/training/compile_mode.py)."""
 
     auto = "auto"
     false = "false"
@@ -191,7 +190,8 @@ def compose(overrides: list[str], config_name: str = "config", return_hydra_conf
 
 
 def jit_mode(jit_compile) -> JitCompile:
-    """train.jit_compile as a JitCompile; Hydra hands `false` and `true` over as booleans.
+    """train.jit_compile as a JitCompile: the one place its text becomes the enum (validation, and the train
+    stage for configs that skipped it); Hydra hands `false` and `true` over as booleans.
 
     Raises:
         ConfigError: not a mode.
@@ -226,7 +226,7 @@ def validate(config, in_sweep: bool = False) -> None:
                           f"of {config.data.name}; use at most {train_size}")
     if config.data.source == DataSource.idx and not config.data.idx_dir:
         raise ConfigError("data.source=idx needs data.idx_dir=<folder with the 4 IDX files>")
-    jit_mode(config.train.jit_compile)
+    jit_compile = jit_mode(config.train.jit_compile)
     if ExportFormat.saved_model not in list(config.export.formats):
         raise ConfigError(f"export.formats={list(map(str, config.export.formats))} must include saved_model: the "
                           "served model and the source of the LiteRT conversions; add it to the list")
@@ -239,14 +239,14 @@ def validate(config, in_sweep: bool = False) -> None:
     if not stages or stages != list(STAGES[: len(stages)]):
         raise ConfigError(f"stages={stages} is not a run of stages; use a prefix of [{', '.join(STAGES)}] "
                           "(each stage needs the ones before it)")
-    _validate_distribute(config, in_sweep)
+    _validate_distribute(config, jit_compile, in_sweep)
 
 
-def _validate_distribute(config, in_sweep: bool) -> None:
+def _validate_distribute(config, jit_compile: JitCompile, in_sweep: bool) -> None:
     strategy = config.distribute.strategy
     if strategy == Strategy.none:
         return
-    if jit_mode(config.train.jit_compile) == JitCompile.true:
+    if jit_compile == JitCompile.true:
         raise ConfigError(f"train.jit_compile=true compiles whole calls, which cannot hold distribute={strategy}'s "
                           "cross-replica gradient sum; use train.jit_compile=step or false")
     logical_cpus = config.distribute.logical_cpus

@@ -1,7 +1,7 @@
 """A sweep's comparison: one row per configuration (its seed repeats grouped), paired comparisons
 against float32 with 95 % intervals, verdicts in words; written as Markdown, CSV and plots.
 
-Works on finished MLflow runs handed to it (pipeline.tracking.sweeps reads them from the store).
+Works on finished MLflow runs handed to it (pipeline/report.py reads them from the store).
 Statistics: pipeline/analysis/statistics.py.
 """
 
@@ -9,7 +9,8 @@ import csv
 import dataclasses
 import pathlib
 
-from pipeline.analysis import deployment, plots, statistics, tables
+from pipeline.analysis import deployment, plots, statistics, summary
+from pipeline.core import precision
 from pipeline.core.data import NUM_CLASSES
 
 COLUMNS = (
@@ -57,8 +58,8 @@ def make_report(jobs: list, loss_histories: dict[str, list[tuple[int, float]]], 
                 "their figures do not compare"] if len(digests) > 1 else []
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    markdown = "\n".join([*(f"**Warning**: {warning}\n" for warning in warnings), tables.to_markdown(rows), "",
-                          *(f"- {sentence}" for sentence in tables.summary_sentences(rows))])
+    markdown = "\n".join([*(f"**Warning**: {warning}\n" for warning in warnings), summary.to_markdown(rows), "",
+                          *(f"- {sentence}" for sentence in summary.summary_sentences(rows))])
     table = deployment.deployment_rows(job_rows)
     files = []
     if any(row["format"] != "saved_model" for row in table):  # LiteRT formats were exported
@@ -132,26 +133,27 @@ def compare_to_float32(job_rows: list[dict]) -> list[dict]:
     float32 at the same model, batch size and rate, pairing its jobs with float32's by seed."""
     groups: dict[tuple, list[dict]] = {}
     for job in job_rows:
-        groups.setdefault((*(job[key] for key in tables.CONFIGURATION), job["status"]), []).append(job)
-    baselines = {_float32_partner(key): jobs for key, jobs in groups.items()
-                 if key[1] == "float32" and key[-1] == "FINISHED"}
+        groups.setdefault((*(job[key] for key in summary.CONFIGURATION), job["status"]), []).append(job)
+    baselines = {_reference_partner(key): jobs for key, jobs in groups.items()
+                 if precision.is_reference(key[1]) and key[-1] == "FINISHED"}
     rows = []
     for key, jobs in groups.items():
-        baseline = {job.get("seed"): job for job in baselines.get(_float32_partner(key), [])}
+        baseline = {job.get("seed"): job for job in baselines.get(_reference_partner(key), [])}
         pairs = [(job, baseline[job.get("seed")]) for job in jobs if job.get("seed") in baseline]
         rows.append(_configuration_row(jobs, pairs))
     return sorted(rows, key=lambda row: (row["model"], row["batch_size"], row["learning_rate"], row["policy"]))
 
 
-def _float32_partner(key: tuple) -> tuple:
-    """The float32 configuration a (model, policy, batch size, rate, status) group compares with."""
-    model, _, batch_size, learning_rate, _ = key
-    return model, batch_size, learning_rate
+def _reference_partner(key: tuple) -> tuple:
+    """The reference configuration (float32's, precision.REFERENCE) a (model, policy, batch size, rate, status)
+    group compares with."""
+    model, policy, batch_size, learning_rate, _ = key
+    return model, precision.reference_of(policy), batch_size, learning_rate
 
 
 def _configuration_row(jobs: list[dict], pairs: list[tuple[dict, dict]]) -> dict:
     first = jobs[0]
-    row = {key: first[key] for key in (*tables.CONFIGURATION, "status")}
+    row = {key: first[key] for key in (*summary.CONFIGURATION, "status")}
     row["run"] = first["run"] if len(jobs) == 1 else f"{first['run']} x{len(jobs)}"
     row["n"] = len(jobs)
     row["jit_compile"] = "/".join(sorted({str(job["jit_compile"]) for job in jobs if job.get("jit_compile")})) or None
@@ -164,12 +166,13 @@ def _configuration_row(jobs: list[dict], pairs: list[tuple[dict, dict]]) -> dict
                                                partner.get("train_examples_per_sec")) for job, partner in pairs)
     _put(row, "delta_accuracy_vs_float32", "delta_accuracy", delta)
     _put(row, "speedup_vs_float32", "speedup", speedup)
-    row["accuracy_verdict"] = statistics.accuracy_verdict(delta) if first["policy"] != "float32" else None
+    compared = not precision.is_reference(first["policy"])
+    row["accuracy_verdict"] = statistics.accuracy_verdict(delta) if compared else None
     row["class_deltas"] = [statistics.mean_interval(_difference(_class_accuracy(job, label),
                                                                 _class_accuracy(partner, label))
                                                     for job, partner in pairs) for label in range(NUM_CLASSES)]
     changed = [(label, estimate) for label, estimate in enumerate(row["class_deltas"]) if estimate is not None]
-    if changed and first["policy"] != "float32":
+    if changed and compared:
         label, estimate = max(changed, key=lambda item: abs(item[1].mean))
         row["most_changed_class"] = label
         _put(row, "most_changed_class_delta", "most_changed_class", estimate)

@@ -26,8 +26,8 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from pipeline.config import JitCompile
 from pipeline.core import device
+from pipeline.core.config import JitCompile
 
 logger = logging.getLogger("pipeline")
 

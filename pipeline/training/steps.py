@@ -9,8 +9,8 @@ import functools
 import keras
 import tensorflow as tf
 
-from pipeline.config import JitCompile, jit_mode
-from pipeline.core import data
+from pipeline.core import data, precision
+from pipeline.core.config import JitCompile
 
 
 class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
@@ -48,12 +48,12 @@ class Adam(keras.optimizers.Adam):
 
 
 def make_optimizer(policy: str, learning_rate: float) -> keras.optimizers.Optimizer:
-    """Adam, wrapped in dynamic loss scaling for float16 (bfloat16 and float32 need none).
+    """Adam, wrapped in dynamic loss scaling where the policy's spec asks for it (float16's narrow range).
 
     Under a strategy, call it inside strategy.scope() so its variables are mirrored.
     """
     optimizer = Adam(learning_rate=learning_rate)
-    if policy == "mixed_float16":
+    if precision.spec(policy).loss_scaling:
         optimizer = LossScaleOptimizer(optimizer)
     return optimizer
 
@@ -94,7 +94,7 @@ def device_split(split: data.Split, strategy=None) -> tuple:
             strategy.experimental_distribute_values_from_function(lambda _: tf.constant(split.labels)))
 
 
-def make_call(model: keras.Model, optimizer, jit_compile: str):
+def make_call(model: keras.Model, optimizer, jit_compile: JitCompile):
     """A compiled call `train_call(images, labels, batch_indices)` running one optimizer step per row of
     `batch_indices` (steps, batch size), on the device-resident split (device_split).
 
@@ -109,10 +109,10 @@ def make_call(model: keras.Model, optimizer, jit_compile: str):
     shorter call) compiles once.
     """
     step = make_step(model, optimizer)
-    if jit_mode(jit_compile) == JitCompile.step:
+    if jit_compile == JitCompile.step:
         step = tf.function(step, jit_compile=True)
 
-    @tf.function(jit_compile=jit_mode(jit_compile) == JitCompile.true)
+    @tf.function(jit_compile=jit_compile == JitCompile.true)
     def train_call(images, labels, batch_indices):
         return _each_step(batch_indices, lambda batch: step(data.normalize(tf.gather(images, batch)),
                                                             tf.gather(labels, batch)))
@@ -120,7 +120,7 @@ def make_call(model: keras.Model, optimizer, jit_compile: str):
     return train_call
 
 
-def make_distributed_call(model: keras.Model, optimizer, jit_compile: str, strategy):
+def make_distributed_call(model: keras.Model, optimizer, jit_compile: JitCompile, strategy):
     """make_call under a tf.distribute strategy: `batch_indices` is (steps, replicas, per replica).
 
     Every replica holds the whole split on its device and takes its own row of each step's
@@ -136,7 +136,7 @@ def make_distributed_call(model: keras.Model, optimizer, jit_compile: str, strat
     def loss_and_gradients(images, labels, global_batch_size):
         return _loss_and_gradients(model, optimizer, loss_function, images, labels, global_batch_size)
 
-    if jit_mode(jit_compile) == JitCompile.step:
+    if jit_compile == JitCompile.step:
         loss_and_gradients = tf.function(loss_and_gradients, jit_compile=True)
 
     def replica_step(images, labels, step_indices):
@@ -157,7 +157,7 @@ def make_distributed_call(model: keras.Model, optimizer, jit_compile: str, strat
 
 class Calls:
     """The compiled training calls of one model and optimizer, by mode, with the shapes each has
-    compiled. A sweep whose jobs train the same model again keeps them (stages/run.py): each program
+    compiled. A sweep whose jobs train the same model again keeps them (kept_models.py): each program
     then compiles once per process. XLA's compilation cache never evicts, so a program compiled anew
     for every job would grow the process by several MiB a job (tensorflow/tensorflow#64170).
     """

@@ -1,6 +1,8 @@
 """The report's rows in words and tables: Markdown for report.md, a compact table for the terminal,
 one sentence per reduced-precision configuration."""
 
+from pipeline.core import precision
+
 CONFIGURATION = ("model", "policy", "batch_size", "learning_rate")  # what a row is; seeds are its repeats
 
 _FORMATS = {
@@ -14,7 +16,7 @@ def summary_sentences(rows: list[dict]) -> list[str]:
     """One sentence per reduced-precision configuration with a float32 partner: accuracy and speed."""
     sentences = []
     for row in rows:
-        if row["policy"] == "float32" or row["delta_accuracy_vs_float32"] is None:
+        if precision.is_reference(row["policy"]) or row["delta_accuracy_vs_float32"] is None:
             continue
         seeds = f"{row['n']} seed{'s' if row['n'] > 1 else ''}"
         accuracy = f"accuracy {row['delta_accuracy_vs_float32']:+.4f}"
@@ -24,7 +26,8 @@ def summary_sentences(rows: list[dict]) -> list[str]:
         speed = ""
         if row["speedup_vs_float32"] is not None:
             speed = "; " + _speed_in_words(row["speedup_vs_float32"], row["speedup_low"], row["speedup_high"])
-        sentences.append(f"{row['policy']} vs float32, {row['model']}, batch {row['batch_size']}, {seeds}: "
+        reference = precision.reference_of(row["policy"])
+        sentences.append(f"{row['policy']} vs {reference}, {row['model']}, batch {row['batch_size']}, {seeds}: "
                          f"{accuracy}: {verdict}{speed}")
     return sentences
 

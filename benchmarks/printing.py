@@ -1,4 +1,4 @@
-"""Markdown tables from benchmark.py's JSON: `python benchmarks/tables.py outputs/benchmark.json`."""
+"""Markdown tables from benchmark.py's JSON: `python benchmarks/printing.py outputs/benchmark.json`."""
 
 import json
 import sys
