@@ -1,7 +1,11 @@
 """Side-by-side speed figures for the pipeline, printed as tables and written as JSON.
 
-    python benchmarks/benchmark.py                     # everything, about 10 minutes on 2 cores
+    python benchmarks/benchmark.py                     # every section: over an hour on 2 cores
+    python benchmarks/benchmark.py --sections auto     # one section (auto alone: about 20 minutes)
     python benchmarks/benchmark.py --sections training --quick
+    python benchmarks/printing.py outputs/benchmark.json   # the tables again, from the JSON
+
+The tables and the hardware they were measured on are in docs/benchmarks.md.
 
 Every ratio compares two measurements taken in this one run, on the same model, data, policy and
 batch size: the machine is shared and noisy, so absolute figures from different runs do not
