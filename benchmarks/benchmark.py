@@ -444,7 +444,8 @@ def main() -> None:
     cpu_flags = device.read_cpu_flags()
     hardware = {policy: precision.hardware_support(policy, device.gpu_compute_capability(), cpu_flags)[1]
                 for policy in POLICIES}
-    reduced_precision_flags = sorted(cpu_flags & {flag for flags in precision.CPU_FLAGS.values() for flag in flags})
+    policy_flags = {flag for spec in precision.POLICIES.values() for flag in spec.cpu_flags}
+    reduced_precision_flags = sorted(cpu_flags & policy_flags)
     results = {"machine": {"cpus": os.cpu_count(), "tensorflow": tf.__version__, "hardware": hardware,
                            "device": device.describe_device(), "reduced_precision_cpu_flags": reduced_precision_flags}}
     print(f"machine: {results['machine']['device'].get('device.cpu')}, {os.cpu_count()} cores, "

@@ -6,8 +6,10 @@ in-process set. `slow` for one that takes more than 10 s here, its fixtures incl
 """
 
 import os
+import shutil
 import subprocess
 
+import mlflow
 import pytest
 from helpers import FASHION_MNIST_DIR, Store
 
@@ -19,7 +21,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 @pytest.fixture
 def compose(tmp_path):
-    """config.compose, with the keys that default into a Hydra job's output folder under tmp_path."""
+    """config.compose, with the keys that default into a Hydra job's output folder under tmp_path.
+
+    In-process tests train in one fixed mode (`train.jit_compile=false`) unless they name one: auto's
+    probe compiles every candidate mode for each new model, seconds a test. The tests of auto name it,
+    and every end-to-end run trains under the product's default, auto."""
 
     def compose_in_tmp_path(overrides: list[str], config_name: str = "config", return_hydra_config: bool = False):
         if config_name == "config":
@@ -27,14 +33,27 @@ def compose(tmp_path):
                                 ("train.jit_cache_file", "jit_compile.json")):
                 if not any(override.startswith(f"{key}=") for override in overrides):
                     overrides = [*overrides, f"{key}={tmp_path}/{folder}"]
+            if not any(override.startswith("train.jit_compile=") for override in overrides):
+                overrides = [*overrides, "train.jit_compile=false"]
         return config.compose(overrides, config_name, return_hydra_config)
 
     return compose_in_tmp_path
 
 
+@pytest.fixture(scope="session")
+def migrated_store_file(tmp_path_factory):
+    """An empty MLflow SQLite store, its schema migrations run once (about a second each time otherwise)."""
+    template = Store(tmp_path_factory.mktemp("template-store"))
+    mlflow.MlflowClient(template.uri).search_experiments()
+    return template.folder / "mlflow.db"
+
+
 @pytest.fixture
-def store(tmp_path) -> Store:
-    """A fresh SQLite store and artifact folder under tmp_path."""
+def store(request, tmp_path, migrated_store_file) -> Store:
+    """A fresh SQLite store and artifact folder under tmp_path. In-process tests start from a copy of an
+    empty migrated store; end-to-end tests from no file at all, as a first sweep on a new machine does."""
+    if not request.node.get_closest_marker("e2e"):
+        shutil.copyfile(migrated_store_file, tmp_path / "mlflow.db")
     return Store(tmp_path)
 
 

@@ -61,7 +61,8 @@ def test_a_mode_that_fails_to_compile_is_skipped_with_a_warning(compose, caplog)
 
 
 def test_a_cache_hit_skips_the_probe(compose, tmp_path, monkeypatch):
-    config = compose(["train.max_steps=16", f"train.jit_cache_file={tmp_path}/decisions.json"])
+    config = compose(["train.max_steps=16", f"train.jit_cache_file={tmp_path}/decisions.json",
+                      "train.jit_compile=auto"])
     first = train.train(model.build_model(config.model, "float32", seed=0), tiny_datasets(), config.train, "float32")
     assert first.jit.source == "probe" and (tmp_path / "decisions.json").exists()
 
@@ -105,7 +106,7 @@ def test_auto_learns_bit_for_bit_what_the_chosen_mode_learns(compose):
 
 def test_under_a_strategy_or_for_convolutions_on_a_cpu_whole_call_xla_is_not_tried(compose):
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
-    config = compose(["train.max_steps=16", "train.jit_cache_file=null"])
+    config = compose(["train.max_steps=16", "train.jit_cache_file=null", "train.jit_compile=auto"])
     built = model.build_model(config.model, "float32", seed=0, strategy=strategy)
     with strategy.scope():
         optimizer = steps.make_optimizer("float32", 1e-3)
@@ -122,7 +123,7 @@ def test_every_compiling_call_is_warm_up(compose):
     forced = train.train(model.build_model(config.model, "float32", seed=0), tiny_datasets(), config.train, "float32")
     assert forced.warmup_calls == 2
     # Under auto the probe compiled the 8-step program the training reuses: only the 4-step call compiles.
-    config = compose(["train.epochs=3", "train.max_steps=20", "train.steps_per_call=8"])
+    config = compose(["train.epochs=3", "train.max_steps=20", "train.steps_per_call=8", "train.jit_compile=auto"])
     auto = train.train(model.build_model(config.model, "float32", seed=0), tiny_datasets(), config.train, "float32")
     assert auto.jit.compiled_steps == 8 and auto.warmup_calls == 1
 
