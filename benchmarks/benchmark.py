@@ -205,8 +205,8 @@ def section_inference(split, quick) -> list[dict]:
     runs = 100 if quick else 300
     composed = compose([*MODELS["mlp"], f"infer.latency_runs={runs}", "infer.throughput_batch_size=1024",
                         "infer.throughput_runs=20"])
-    built = model.build_model(composed.model, "float32", seed=0)
-    exported = export.export(built, composed.export, composed.model, "float32", 0)
+    built = model.build_model(composed.model, precision.REFERENCE, seed=0)
+    exported = export.export(built, composed.export, composed.model, precision.REFERENCE, 0)
     infer_config = composed.infer
     reference = built.predict(data.normalize(split.images[:10000]), verbose=0, batch_size=1024)
     stage = infer.infer(exported.saved_model_dir, data.Split(split.images[:10000], split.labels[:10000]),
@@ -240,7 +240,7 @@ def section_serving(split, quick) -> list[dict]:
     single = [data.normalize(split.images[index : index + 1]) for index in range(runs)]
     large = data.normalize(split.images[:1024])
     for model_name in ("mlp", "cnn"):
-        for policy in ("float32", "mixed_bfloat16"):
+        for policy in (precision.REFERENCE, "mixed_bfloat16"):
             composed = compose([*MODELS[model_name], f"export.dir={SCRATCH}/serving-{model_name}-{policy}"])
             built = model.build_model(composed.model, policy, seed=0)
             loaded = tf.saved_model.load(str(export.export(built, composed.export, composed.model, policy, 0)
@@ -273,10 +273,11 @@ def section_litert(split, quick) -> list[dict]:
         composed = compose([*MODELS[model_name], f"export.dir={SCRATCH}/litert-{model_name}",
                             f"export.formats={formats}", f"infer.latency_runs={300 if quick else 1000}",
                             "infer.throughput_runs=20"])
-        trained = train_pipeline(split, model_name, "float32", 128, 100 if quick else 468, "auto",
+        trained = train_pipeline(split, model_name, precision.REFERENCE, 128, 100 if quick else 468, "auto",
                                  cache_file=SCRATCH / "jit-litert.json").model
         reference = evaluate.evaluate(trained, datasets)
-        exported = export.export(trained, composed.export, composed.model, "float32", 0, calibration_split=split)
+        exported = export.export(trained, composed.export, composed.model, precision.REFERENCE, 0,
+                                 calibration_split=split)
         measured = {"saved_model": infer.infer(exported.saved_model_dir, test_split, reference.logits, composed.infer)}
         measured |= {name: infer.infer_litert(path, test_split, reference.logits, composed.infer)
                      for name, path in exported.litert_files.items()}
@@ -315,7 +316,8 @@ def section_tracking_overhead(split, quick) -> dict:
                 progress = None if interactive is None else console.Progress("bench", interactive=interactive)
                 with contextlib.redirect_stderr(devnull):  # the bar's drawing costs the same on a terminal
                     started = time.perf_counter()
-                    train_pipeline(split, "mlp", "float32", 32, steps, "true", log_metric=sink, progress=progress)
+                    train_pipeline(split, "mlp", precision.REFERENCE, 32, steps, "true", log_metric=sink,
+                                   progress=progress)
                     seconds[label].append(time.perf_counter() - started)
                     if progress:
                         progress.close()
@@ -351,8 +353,8 @@ def section_http(split, quick) -> dict:
 
     composed = compose(MODELS["mlp"])
     uri = composed.tracking.uri
-    built = model.build_model(composed.model, "float32", seed=0)
-    exported = export.export(built, composed.export, composed.model, "float32", 0)
+    built = model.build_model(composed.model, precision.REFERENCE, seed=0)
+    exported = export.export(built, composed.export, composed.model, precision.REFERENCE, 0)
     with runs.start_run(composed.tracking, "bench-http", {}):
         model_uri = models.log_model(built, exported.saved_model_dir, data.normalize(split.images[:2]).numpy())
     mlflow.set_tracking_uri(None)

@@ -4,6 +4,7 @@ across a long sweep, and report and promotion time against the number of runs.
     python benchmarks/scaling.py                 # every section, real Fashion-MNIST from Debian
     python benchmarks/scaling.py --sections workers --steps 600
     python benchmarks/scaling.py --sections memory,reports --jobs 50 --runs 100,1000,5000
+    python benchmarks/scaling.py --sections liveness --runs 5000
 
 `launchers`: wall time of one 4-job sweep (2 policies x 2 batch sizes) with Hydra's basic launcher
 and with joblib (2 workers), each on a fresh SQLite store, commands run one after the other.
@@ -15,6 +16,8 @@ memory (reset per job) and the per-job slope, and where a short job's time goes 
 `reports`: synthetic sweeps of --runs runs (made through the MLflow client, no training) on SQLite
 and on an MLflow server backed by PostgreSQL: time to build the report and to read the
 promotion candidates, and the store's size.
+`liveness`: the search every command makes for runs of processes killed hard, across all
+experiments of SQLite stores of --runs runs.
 """
 
 import argparse
@@ -165,8 +168,35 @@ def _time_report(store_name: str, uri: str, count: int, scratch: pathlib.Path) -
             "sqlite_mb": database.stat().st_size / 2**20 if store_name == "SQLite" else None}
 
 
+def section_liveness(scratch: pathlib.Path, arguments) -> list[dict]:
+    """What every command pays to find runs of processes killed hard: the store-wide search, on SQLite
+    stores of --runs finished runs spread over 5 experiments, with one dead run among them."""
+    import mlflow
+    import numpy as np
+
+    from pipeline.tracking import liveness
+
+    rows = []
+    for count in [int(count) for count in arguments.runs.split(",")]:
+        client = mlflow.MlflowClient(f"sqlite:///{scratch}/liveness-{count}.db")
+        experiments = [client.create_experiment(f"team-{index}") for index in range(5)]
+        for index, experiment_id in enumerate(experiments):
+            synthetic_sweep(client, experiment_id, count // len(experiments), seed=index)
+        dead = liveness.process_tags() | {liveness.PID_TAG: "999999999"}
+        client.create_run(experiments[-1], run_name="killed", tags=dead)
+        seconds = []
+        for _ in range(5):
+            started = time.perf_counter()
+            ended = liveness.end_runs_of_dead_processes(client)
+            seconds.append(time.perf_counter() - started)
+        rows.append({"runs": count, "experiments": len(experiments), "first_ms": seconds[0] * 1000,
+                     "median_ms": float(np.median(seconds[1:]) * 1000), "ended_by_the_last": len(ended)})
+        print(rows[-1], flush=True)
+    return rows
+
+
 SECTIONS = {"launchers": section_launchers, "workers": section_workers, "memory": section_memory,
-            "reports": section_reports}
+            "reports": section_reports, "liveness": section_liveness}
 TABLES = {
     "launchers": ("The same 4-job sweep (float32, mixed_bfloat16 x batch 64, 128) per Hydra launcher", {
         "launcher": "{launcher}", "jobs": "{jobs}", "wall time s": "{wall_s:.1f}", "speedup": "{speedup:.2f}x"}),
@@ -178,6 +208,9 @@ TABLES = {
         "store": "{store}", "runs": "{runs:,}", "jobs in report": "{jobs_in_report:,}",
         "versions read": "{candidates:,}", "report s": "{report_s:.1f}", "promotion s": "{promotion_s:.1f}",
         "making the runs s": "{create_s:.0f}"}),
+    "liveness": ("Finding runs of processes killed hard, every experiment of a SQLite store", {
+        "runs": "{runs:,}", "experiments": "{experiments}", "first search (ends 1) ms": "{first_ms:.1f}",
+        "later searches ms (median of 4)": "{median_ms:.1f}"}),
 }
 
 

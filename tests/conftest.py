@@ -6,8 +6,10 @@ in-process set. `slow` for one that takes more than 10 s here, its fixtures incl
 """
 
 import os
+import pathlib
 import shutil
 import subprocess
+import tempfile
 
 import mlflow
 import pytest
@@ -17,6 +19,41 @@ from pipeline.core import config
 
 # TensorFlow's C++ start-up chatter buries pytest's output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+HOME_CACHE = pathlib.Path.home() / ".cache"
+
+
+def pytest_configure(config):
+    """Every cache that honours XDG_CACHE_HOME (the pipeline's jit decisions, matplotlib's fonts) goes to a
+    folder of this session's, for in-process tests and the commands they start alike: set before any test
+    module imports a library, removed at the end."""
+    config.cache_folder = tempfile.mkdtemp(prefix="pytest-caches-")
+    config.previous_cache_home = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = config.cache_folder
+
+
+def pytest_unconfigure(config):
+    if config.previous_cache_home is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = config.previous_cache_home
+    shutil.rmtree(config.cache_folder, ignore_errors=True)
+
+
+def _home_cache_state() -> dict[str, int]:
+    """What a test could add to or change in the home folder's cache: its entries and their change times."""
+    if not HOME_CACHE.is_dir():
+        return {}
+    return {entry.name: entry.stat().st_mtime_ns for entry in HOME_CACHE.iterdir()}
+
+
+@pytest.fixture(autouse=True)
+def home_cache_untouched():
+    """Fails a test that writes into ~/.cache: a user's later jobs (or the next test run) would start from it."""
+    before = _home_cache_state()
+    yield
+    after = _home_cache_state()
+    changed = sorted(name for name in after.keys() | before.keys() if after.get(name) != before.get(name))
+    assert not changed, f"the test wrote into {HOME_CACHE}: {', '.join(changed)}; keep it under tmp_path"
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 import contextlib
 import re
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -151,7 +152,9 @@ def test_a_database_with_no_server_fails_within_seconds_without_the_password(tmp
     result = run_pipeline([*real_data, f"tracking.uri=postgresql+psycopg://mlflow:s3cret@127.0.0.1:{port}/mlflow"],
                           cwd=tmp_path)
     output = result.stdout + result.stderr
-    assert time.monotonic() - started < 10
+    # The bound has 3x headroom over the 10.1 s seen with the suite beside a CPU-bound process (most of
+    # it starting Python and TensorFlow); test_a_database_that_never_answers_... checks the timeout itself.
+    assert time.monotonic() - started < 30
     assert result.returncode == 1 and "Traceback" not in output and "s3cret" not in output
     errors = [line for line in output.splitlines() if "ERROR" in line]
     assert len(errors) == 1
@@ -186,3 +189,19 @@ def test_help_lists_only_real_options(tmp_path):
     groups = result.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
     assert "precision: float32, mixed_bfloat16, mixed_float16" in groups
     assert "model: cnn, mlp" in groups and "schema" not in groups and "base_" not in groups
+
+
+def test_a_database_that_accepts_but_never_answers_fails_after_the_configured_timeout():
+    """A server that takes the connection and then says nothing (a hung database, a black-holing proxy): the
+    driver's connect timeout ends the wait, not MLflow's minutes of retries."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # the kernel completes the handshake; nothing ever answers
+        uri = f"postgresql+psycopg://mlflow:s3cret@127.0.0.1:{silent.getsockname()[1]}/mlflow"
+        started = time.monotonic()
+        refusal = r"mlflow:\*\*\*@127.0.0.1:\d+/mlflow: cannot connect"
+        with pytest.raises(store_lib.TrackingError, match=refusal) as error:
+            store_lib._check_database(uri, timeout_s=1)
+        # 2.2 s measured: psycopg tries SSL, then plain, each ending at the 1 s timeout; 3x headroom.
+        assert time.monotonic() - started < 7
+    assert "s3cret" not in str(error.value)

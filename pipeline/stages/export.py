@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 from pipeline import PipelineError, console
-from pipeline.core import data
+from pipeline.core import data, precision
 from pipeline.core import model as model_lib
 from pipeline.core.config import CnnConfig, ExportConfig, ExportFormat, MlpConfig
 from pipeline.serving import litert
@@ -22,43 +22,6 @@ from pipeline.serving import litert
 
 class ConversionError(PipelineError):
     """A format could not be converted; the message names it."""
-
-
-def convert(saved_model_dir: pathlib.Path, export_format: ExportFormat, calibration_images: np.ndarray | None,
-            path: pathlib.Path) -> pathlib.Path:
-    """Writes the float32 SavedModel at `saved_model_dir` as `export_format` to `path`.
-
-    Args:
-        saved_model_dir: a float32 SavedModel whose `serve` takes float32 images (batch, 28, 28, 1).
-        export_format: one of the litert_* formats.
-        calibration_images: float32 images in [0, 1] that set full int8's activation ranges.
-        path: the .tflite file to write.
-
-    Raises:
-        ConversionError: the converter refused the model.
-    """
-    import tensorflow as tf
-
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
-    if export_format != ExportFormat.litert_float32:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]  # weights quantized (or halved, below)
-    if export_format == ExportFormat.litert_float16:
-        converter.target_spec.supported_types = [tf.float16]
-    elif export_format == ExportFormat.litert_int8:
-        if calibration_images is None:
-            raise ConversionError("export.formats: litert_int8 needs calibration images (the training split)")
-        converter.representative_dataset = lambda: ([image[None]] for image in calibration_images)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]  # integer kernels only
-    try:
-        with console.native_stderr_silenced():
-            flatbuffer = converter.convert()
-    except Exception as error:  # the converter's own errors name an op or a type, in many classes
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-        raise ConversionError(f"export.formats: {export_format} failed to convert ({reason}); "
-                              f"drop {export_format} from export.formats") from None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(flatbuffer)
-    return path
 
 
 @dataclasses.dataclass
@@ -107,13 +70,51 @@ def export(trained: keras.Model, export_config: ExportConfig, model_config: MlpC
         return result
     # LiteRT converts float32 graphs: its own formats set their precision (a bfloat16 graph does not convert).
     source = saved_model_dir
-    if policy != "float32":
-        source = _write_saved_model(_rebuild(trained, model_config, "float32", seed), folder / "float32_saved_model")
+    if precision.spec(policy).compute_dtype != "float32":
+        float32_model = _rebuild(trained, model_config, precision.REFERENCE, seed)
+        source = _write_saved_model(float32_model, folder / f"{precision.REFERENCE}_saved_model")
     calibration = _calibration_images(calibration_split, export_config.calibration_examples, seed)
     for export_format in formats:
         result.litert_files[str(export_format)] = convert(source, export_format, calibration,
                                                                  folder / f"{export_format}{litert.SUFFIX}")
     return result
+
+
+def convert(saved_model_dir: pathlib.Path, export_format: ExportFormat, calibration_images: np.ndarray | None,
+            path: pathlib.Path) -> pathlib.Path:
+    """Writes the float32 SavedModel at `saved_model_dir` as `export_format` to `path`.
+
+    Args:
+        saved_model_dir: a float32 SavedModel whose `serve` takes float32 images (batch, 28, 28, 1).
+        export_format: one of the litert_* formats.
+        calibration_images: float32 images in [0, 1] that set full int8's activation ranges.
+        path: the .tflite file to write.
+
+    Raises:
+        ConversionError: the converter refused the model.
+    """
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
+    if export_format != ExportFormat.litert_float32:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]  # weights quantized (or halved, below)
+    if export_format == ExportFormat.litert_float16:
+        converter.target_spec.supported_types = [tf.float16]
+    elif export_format == ExportFormat.litert_int8:
+        if calibration_images is None:
+            raise ConversionError("export.formats: litert_int8 needs calibration images (the training split)")
+        converter.representative_dataset = lambda: ([image[None]] for image in calibration_images)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]  # integer kernels only
+    try:
+        with console.native_stderr_silenced():
+            flatbuffer = converter.convert()
+    except Exception as error:  # the converter's own errors name an op or a type, in many classes
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        raise ConversionError(f"export.formats: {export_format} failed to convert ({reason}); "
+                              f"drop {export_format} from export.formats") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(flatbuffer)
+    return path
 
 
 def _rebuild(trained: keras.Model, model_config, policy: str, seed: int) -> keras.Model:

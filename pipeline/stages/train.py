@@ -120,7 +120,7 @@ def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig
             optimizer.build(model.trainable_variables)
     batch_size = datasets.batch_size
     order = batch_order.BatchOrder(len(datasets.train.labels), batch_size, _batch_shape(strategy, batch_size),
-                               train_config.seed)
+                                   train_config.seed)
     total_steps = min(train_config.epochs * order.steps_per_epoch, train_config.max_steps or math.inf)
     calls = calls or steps.Calls(model, optimizer, strategy)
     split_on_device = steps.device_split(datasets.train, strategy)  # one copy, shared by the probe's calls

@@ -3,7 +3,8 @@
 A process killed with SIGKILL (the kernel's out-of-memory killer, a scheduler's hard limit) cannot
 end its own run. Every run records where it runs (host, process id, process start time); any later
 command that opens the store ends the RUNNING runs whose process is gone from this host as KILLED,
-with the reason as a tag. Runs on other hosts are left alone: their processes cannot be seen here.
+with the reason as a tag, in every experiment of the store (a team keeps several in one). Runs on
+other hosts are left alone: their processes cannot be seen here.
 """
 
 import logging
@@ -25,12 +26,13 @@ def process_tags() -> dict[str, str]:
     return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), START_TAG: _start_time(os.getpid()) or ""}
 
 
-def end_runs_of_dead_processes(client, experiment_id: str) -> list[str]:
-    """Ends as KILLED the experiment's RUNNING runs whose process on this host is gone; returns their names."""
+def end_runs_of_dead_processes(client) -> list[str]:
+    """Ends as KILLED the store's RUNNING runs, in any experiment, whose process on this host is gone; returns
+    their names. One search over every experiment finds them, however large the store."""
     if _start_time(os.getpid()) is None:
         return []  # no /proc here: liveness cannot be told, so nothing is ended
     host = socket.gethostname()
-    running = pages.search_all_runs(client, [experiment_id],
+    running = pages.search_all_runs(client, pages.all_experiment_ids(client),
                                     f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'")
     ended = []
     for run in running:

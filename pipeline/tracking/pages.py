@@ -30,3 +30,14 @@ def search_all_model_versions(client: mlflow.MlflowClient, filter_string: str) -
         token = page.token
         if not token:
             return versions
+
+
+def all_experiment_ids(client: mlflow.MlflowClient) -> list[str]:
+    """The ids of every active experiment in the store, page after page."""
+    ids, token = [], None
+    while True:
+        page = client.search_experiments(max_results=PAGE_SIZE, page_token=token)
+        ids.extend(experiment.experiment_id for experiment in page)
+        token = page.token
+        if not token:
+            return ids

@@ -34,7 +34,8 @@ def prepare(tracking_config: TrackingConfig) -> str:
 
     Called once before a sweep's jobs start (hydra callback), since two processes creating a
     fresh SQLite store at once race in its schema migration; each job calls it again, cheaply.
-    Every call also ends the runs of processes on this host that were killed hard (liveness.py).
+    Every call also ends the runs, in any experiment of the store, of processes on this host that were
+    killed hard (liveness.py).
     """
     uri = str(tracking_config.uri)
     if uri.startswith(("http://", "https://")):
@@ -45,9 +46,9 @@ def prepare(tracking_config: TrackingConfig) -> str:
         _check_database(uri)
     mlflow.set_tracking_uri(uri)
     store = client(uri)
+    liveness.end_runs_of_dead_processes(store)
     experiment = store.get_experiment_by_name(tracking_config.experiment)
     if experiment is not None:
-        liveness.end_runs_of_dead_processes(store, experiment.experiment_id)
         return experiment.experiment_id
     artifact_location = None
     if tracking_config.artifact_root and not uri.startswith(("http://", "https://")):
@@ -126,7 +127,9 @@ def _check_database(uri: str, timeout_s: float = 5.0) -> None:
             raise TrackingError(f"tracking.uri={shown}: the database server does not answer ({error}); start it, "
                                 "or check host and port") from None
     try:
-        engine = sqlalchemy.create_engine(url, connect_args=_TIMEOUT_ARGUMENTS.get(url.get_backend_name(), {}))
+        timeout_argument = _TIMEOUT_ARGUMENTS.get(url.get_backend_name())
+        connect_args = {timeout_argument: max(1, round(timeout_s))} if timeout_argument else {}
+        engine = sqlalchemy.create_engine(url, connect_args=connect_args)
         with engine.connect():
             pass
     except Exception as error:  # the driver's own error types: wrong user or password, no such database, no driver
@@ -136,7 +139,7 @@ def _check_database(uri: str, timeout_s: float = 5.0) -> None:
 
 
 _DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
-_TIMEOUT_ARGUMENTS = {"postgresql": {"connect_timeout": 5}, "mysql": {"connect_timeout": 5}}
+_TIMEOUT_ARGUMENTS = {"postgresql": "connect_timeout", "mysql": "connect_timeout"}  # the driver's, in whole seconds
 
 
 def _check_server(uri: str, timeout_s: float = 5.0) -> None:
