@@ -343,6 +343,35 @@ def section_startup(split, quick) -> dict:
     return row
 
 
+def section_allocator(split, quick) -> list[dict]:
+    """Training speed with TensorFlow's BFC CPU allocator (which the pipeline turns on, for tensor memory
+    figures) against the default allocator: real jobs alternated in fresh processes, paired per repeat."""
+    import mlflow
+
+    rows = []
+    for model_name, batch_size in (("mlp", 128), ("cnn", 256)):
+        ratios, speeds = [], {"true": [], "false": []}
+        for repeat in range(2 if quick else 3):
+            for allocator in ("true", "false"):
+                store = SCRATCH / f"allocator-{model_name}-{repeat}-{allocator}"
+                subprocess.run([sys.executable, "-m", "pipeline", f"model={model_name}", "data=fashion_mnist",
+                                "data.source=idx", f"data.idx_dir={IDX_DIR}", f"data.batch_size={batch_size}",
+                                f"train.max_steps={300 if quick else 1000}", "train.jit_compile=false",
+                                "stages=[train]", f"tracking.uri=sqlite:///{store}/mlflow.db",
+                                f"tracking.artifact_root={store}/artifacts", f"hydra.run.dir={store}/run"],
+                               cwd=REPO_ROOT, capture_output=True, check=True,
+                               env=os.environ | {"TF_CPU_ALLOCATOR_USE_BFC": allocator})
+                (run,) = mlflow.MlflowClient(f"sqlite:///{store}/mlflow.db").search_runs(["1"])
+                speeds[allocator].append(run.data.metrics["train/examples_per_sec"])
+            ratios.append(speeds["true"][-1] / speeds["false"][-1])
+        row = {"model": model_name, "batch": batch_size, "bfc_examples_per_sec": float(np.median(speeds["true"])),
+               "default_examples_per_sec": float(np.median(speeds["false"])), "ratio": float(np.median(ratios)),
+               "ratio_min": min(ratios), "ratio_max": max(ratios)}
+        rows.append(row)
+        print(_line(row), flush=True)
+    return rows
+
+
 def section_http(split, quick) -> dict:
     """p50 of `mlflow models serve` answering one image, on a freshly logged model."""
     import urllib.request
@@ -424,7 +453,8 @@ def section_ops(split, quick) -> list[dict]:
 
 SECTIONS = {"training": section_training, "auto": section_auto, "roofline": section_roofline,
             "inference": section_inference, "tracking": section_tracking_overhead, "startup": section_startup,
-            "http": section_http, "ops": section_ops, "serving": section_serving, "litert": section_litert}
+            "http": section_http, "ops": section_ops, "serving": section_serving, "litert": section_litert,
+            "allocator": section_allocator}
 
 
 def _line(row: dict) -> str:

@@ -64,6 +64,11 @@ def main(path: str) -> None:
         "bfloat16": "{mixed_bfloat16_ms:.2f}", "float16/float32": "{float16_vs_float32:.1f}x",
         "bfloat16/float32": "{bfloat16_vs_float32:.1f}x",
     }, results.get("ops", []))
+    print_table("TensorFlow's BFC CPU allocator (on in the pipeline) against the default, train examples/s", {
+        "model": "{model}", "batch": "{batch}", "BFC": "{bfc_examples_per_sec:,.0f}",
+        "default": "{default_examples_per_sec:,.0f}",
+        "BFC / default (median, min-max of the paired repeats)": "{ratio:.3f} ({ratio_min:.3f}-{ratio_max:.3f})",
+    }, results.get("allocator", []))
     tracking = results.get("tracking")
     if tracking and isinstance(tracking.get("overhead_percent"), dict):
         print(f"\nTracking and progress overhead, {tracking['steps']:,} MLP steps, median wall time against none")

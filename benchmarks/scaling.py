@@ -11,8 +11,9 @@ and with joblib (2 workers), each on a fresh SQLite store, commands run one afte
 `workers`: the same training job (global batch, seed, steps) as one process (distribute=none)
 and as 2 local worker processes (distribute=multi_worker, TF_CONFIG on 127.0.0.1 ports):
 wall time, the chief's train/examples_per_sec and eval/accuracy from MLflow.
-`memory`: one sweep of --jobs short jobs in one process (the basic launcher): each job's peak
-memory (reset per job) and the per-job slope, and where a short job's time goes (job/seconds/*).
+`memory`: one sweep of --jobs short jobs in one process (the basic launcher), cycling through 5 batch
+sizes: each job's peak memory (reset per job), the resident set and tensor bytes it leaves behind
+(job/*_at_end) with their per-job slopes after the first cycle, and where a short job's time goes.
 `reports`: synthetic sweeps of --runs runs (made through the MLflow client, no training) on SQLite
 and on an MLflow server backed by PostgreSQL: time to build the report and to read the
 promotion candidates, and the store's size.
@@ -105,14 +106,20 @@ def section_workers(scratch: pathlib.Path, arguments) -> list[dict]:
 def section_memory(scratch: pathlib.Path, arguments) -> dict:
     import numpy as np
 
-    idx_dir, jobs = arguments.idx_dir, arguments.jobs
+    idx_dir, batch_sizes = arguments.idx_dir, (32, 64, 128, 256, 512)
+    cycles = max(2, arguments.jobs // len(batch_sizes))  # the batch size varies fastest: jobs cycle through them
 
     started = time.perf_counter()
-    wait_all([run(["-m", f"train.seed=range({jobs})", "train.max_steps=30", *store_arguments(scratch, idx_dir)],
-                  scratch)])
+    wait_all([run(["-m", f"train.seed=range({cycles})", f"data.batch_size={','.join(map(str, batch_sizes))}",
+                   "train.max_steps=30", *store_arguments(scratch, idx_dir)], scratch)])
     wall_seconds = time.perf_counter() - started
     children = sorted(Store(scratch).sweep()[1], key=lambda child: child.info.start_time)
     peaks = [child.data.metrics["train/peak_memory_mb"] for child in children]
+    # What each job leaves behind, from the second cycle on (the first builds each configuration's programs).
+    later = np.arange(len(batch_sizes), len(children))
+    left = {name: [child.data.metrics[f"job/{name}_at_end"] for child in children] for name in ("rss_mb", "tensor_mb")}
+    slopes = {f"{name}_at_end_slope_per_job": float(np.polyfit(later, np.array(values)[later], 1)[0])
+              for name, values in left.items()}
     parts = {}
     for child in children[1:]:  # the first job pays the imports and compiles no later job pays
         for name, value in child.data.metrics.items():
@@ -121,7 +128,8 @@ def section_memory(scratch: pathlib.Path, arguments) -> dict:
         parts.setdefault("run start and end", []).append(
             (child.info.end_time - child.info.start_time) / 1000 - sum(
                 value for name, value in child.data.metrics.items() if name.startswith("job/seconds/")))
-    return {"jobs": jobs, "wall_s": wall_seconds, "peak_memory_mb": peaks,
+    return {"jobs": len(children), "batch_sizes": batch_sizes, "wall_s": wall_seconds, "peak_memory_mb": peaks,
+            **{f"{name}_at_end": values for name, values in left.items()}, **slopes,
             "slope_mb_per_job": float(np.polyfit(np.arange(1, len(peaks)), peaks[1:], 1)[0]),
             "second_job_mb": peaks[1], "last_job_mb": peaks[-1],
             "seconds_per_part": {name: float(np.median(values)) for name, values in parts.items()}}

@@ -67,7 +67,11 @@ def run_job(config: DictConfig, overrides: list[str], sweep_id: str | None = Non
         try:
             result = _run_stages(config, run_name, mlflow_run.info.run_id, sweep_id, checkpoint_dir, stopwatch)
         finally:
-            runs.log_metrics(stopwatch.metrics())  # also when a stage failed: where the time went
+            from pipeline.core import device
+
+            # Also when a stage failed: where the time went, and what the job left in memory.
+            in_use = {f"job/{name}_at_end": value for name, value in device.memory_in_use_mb().items()}
+            runs.log_metrics(stopwatch.metrics() | in_use)
     # A sweep's jobs get one line each; the sweep's summary at its end leads to the UI.
     links = None if sweep_id else store.ui_links(config.tracking, mlflow_run.info.experiment_id, mlflow_run.info.run_id)
     console.print_job_summary(result, links)

@@ -29,6 +29,8 @@ def pytest_configure(config):
     config.cache_folder = tempfile.mkdtemp(prefix="pytest-caches-")
     config.previous_cache_home = os.environ.get("XDG_CACHE_HOME")
     os.environ["XDG_CACHE_HOME"] = config.cache_folder
+    # matplotlib builds its font cache there on first import, running fc-list: once, here, not inside a test.
+    import matplotlib.font_manager  # noqa: F401
 
 
 def pytest_unconfigure(config):

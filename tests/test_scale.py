@@ -43,6 +43,26 @@ def test_memory_stays_flat_across_the_jobs_of_a_sweep(tmp_path, store, real_data
     assert len(peaks) == jobs
     slope = np.polyfit(np.arange(1, jobs), peaks[1:], 1)[0]  # from the second job: the first pays one-off costs
     assert slope < 5.0, f"{slope:.2f} MiB more per job: {[round(peak) for peak in peaks]}"  # it was 57.7
+    # What each job leaves behind, not the high-water mark: the process's resident set and its tensors.
+    for name, bound in (("job/rss_mb_at_end", 5.0), ("job/tensor_mb_at_end", 1.0)):
+        left = [run.data.metrics[name] for run in sorted(children, key=lambda run: run.info.start_time)]
+        slope = np.polyfit(np.arange(1, jobs), left[1:], 1)[0]
+        assert slope < bound, f"{name}: {slope:.2f} MiB more per job: {[round(value, 1) for value in left]}"
+
+
+def test_memory_in_use_counts_live_tensors_not_the_high_water_mark():
+    import tensorflow as tf
+
+    from pipeline.core import device
+
+    before = device.memory_in_use_mb()
+    held = tf.ones((1024, 1024, 4))  # 16 MiB
+    during = device.memory_in_use_mb()
+    del held
+    after = device.memory_in_use_mb()
+    assert during["tensor_mb"] - before["tensor_mb"] >= 16
+    assert after["tensor_mb"] < during["tensor_mb"] - 15  # freed: a current figure, not a peak
+    assert during["rss_mb"] > 0
 
 
 def test_a_later_job_of_the_same_model_reuses_its_compiled_calls_and_learns_the_same(compose):

@@ -1,4 +1,4 @@
-"""What the job runs on: device description, CPU flags and peak memory (GPU when there is one)."""
+"""What the job runs on: device description, CPU flags, peak memory (GPU when there is one) and memory in use."""
 
 import pathlib
 import platform
@@ -74,6 +74,20 @@ def read_peak_memory_mb() -> tuple[float, str]:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024, "host_rss"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "host_rss"
+
+
+def memory_in_use_mb() -> dict[str, float]:
+    """What the process holds now, not its high-water mark: its resident set, and the bytes its tensors
+    occupy in TensorFlow's allocator (GPU:0 on a GPU, else CPU:0; zero on a CPU unless the BFC allocator is
+    on, which importing pipeline arranges). Logged at each job's end, a sweep's leak shows as a slope."""
+    device = "GPU:0" if tf.config.list_physical_devices("GPU") else "CPU:0"
+    in_use = {"tensor_mb": tf.config.experimental.get_memory_info(device)["current"] / 2**20}
+    status = _PROC_SELF / "status"
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                in_use["rss_mb"] = int(line.split()[1]) / 1024
+    return in_use
 
 
 def _cpu_model() -> str:
