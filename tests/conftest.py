@@ -115,3 +115,17 @@ def subprocesses_only_in_e2e_tests(request, monkeypatch):
             raise AssertionError(f"{request.node.nodeid} starts a subprocess ({arguments}); mark it e2e")
 
     monkeypatch.setattr(subprocess, "Popen", Refused)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real file system of 64 KiB (tmpfs, mounted under tmp_path): any model or checkpoint fills it. Needs
+    root, as CI and the developers' machines run; skipped where mounting is not allowed."""
+    folder = tmp_path / "full-disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)

@@ -9,12 +9,13 @@ from helpers import assert_one_parent_with_children, run_pipeline, sweep_argumen
 @pytest.mark.slow
 def test_joblib_sweep_on_a_fresh_store_loses_no_run_or_metric(tmp_path, store, real_data):
     result = run_pipeline(
-        ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "precision=float32,mixed_bfloat16",
+        # More workers than the machine's 2 cores, all four jobs writing one fresh SQLite store at once.
+        ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "precision=float32,mixed_bfloat16",
          "data.batch_size=64,128", *sweep_arguments(store, real_data)],
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr  # really ran in parallel
+    assert "Joblib.Parallel(n_jobs=4" in result.stdout + result.stderr  # really ran in parallel
     assert_one_parent_with_children(store, 4)
 
 

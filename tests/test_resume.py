@@ -44,6 +44,16 @@ def test_restore_without_checkpoint_says_where_it_looked(compose, tmp_path):
         checkpointer.restore_latest()
 
 
+def test_a_truncated_checkpoint_is_one_error_naming_it(compose, tmp_path):
+    run_to(compose, 8, tmp_path / "cut", resume=False, policy="float32")  # checkpoints at steps 4 and 8
+    (data_file,) = (tmp_path / "cut").glob("ckpt-8.data-*")
+    data_file.write_bytes(data_file.read_bytes()[:100])  # a save cut short: a full disk, a killed copy
+    with pytest.raises(checkpoints.CheckpointError, match=r"^train.checkpoint_dir=.*/cut: .*ckpt-8 cannot be read "
+                                                          r"\(.+\); delete its files to resume from the checkpoint "
+                                                          r"before it, or rerun the job without train.resume$"):
+        run_to(compose, 12, tmp_path / "cut", resume=True, policy="float32")
+
+
 def test_deterministic_training_is_bit_for_bit(compose):
     losses = []
     for _ in range(2):

@@ -12,12 +12,17 @@ import shutil
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from pipeline import PipelineError, console
-from pipeline.core import data, precision
+from pipeline.core import data, files, precision
 from pipeline.core import model as model_lib
 from pipeline.core.config import CnnConfig, ExportConfig, ExportFormat, MlpConfig
 from pipeline.serving import litert
+
+
+class ExportError(PipelineError):
+    """The exported model could not be written (a full or read-only disk)."""
 
 
 class ConversionError(PipelineError):
@@ -57,6 +62,7 @@ def export(trained: keras.Model, export_config: ExportConfig, model_config: MlpC
 
     Raises:
         ConversionError: a LiteRT format failed to convert (one line naming it).
+        ExportError: export.dir cannot take the files (full, read-only).
     """
     policy = training_policy if export_config.serving_policy == "same" else str(export_config.serving_policy)
     serving_model = trained
@@ -93,8 +99,6 @@ def convert(saved_model_dir: pathlib.Path, export_format: ExportFormat, calibrat
     Raises:
         ConversionError: the converter refused the model.
     """
-    import tensorflow as tf
-
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
     if export_format != ExportFormat.litert_float32:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]  # weights quantized (or halved, below)
@@ -112,8 +116,12 @@ def convert(saved_model_dir: pathlib.Path, export_format: ExportFormat, calibrat
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
         raise ConversionError(f"export.formats: {export_format} failed to convert ({reason}); "
                               f"drop {export_format} from export.formats") from None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(flatbuffer)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(flatbuffer)
+    except OSError as error:
+        path.unlink(missing_ok=True)
+        raise _write_error(path, error) from None
     return path
 
 
@@ -124,11 +132,20 @@ def _rebuild(trained: keras.Model, model_config, policy: str, seed: int) -> kera
 
 
 def _write_saved_model(model: keras.Model, saved_model_dir: pathlib.Path) -> pathlib.Path:
-    if saved_model_dir.exists():
-        shutil.rmtree(saved_model_dir)
-    saved_model_dir.parent.mkdir(parents=True, exist_ok=True)
-    model.export(str(saved_model_dir), format="tf_saved_model", verbose=False)
+    try:
+        if saved_model_dir.exists():
+            shutil.rmtree(saved_model_dir)
+        saved_model_dir.parent.mkdir(parents=True, exist_ok=True)
+        model.export(str(saved_model_dir), format="tf_saved_model", verbose=False)
+    except (OSError, tf.errors.OpError) as error:
+        shutil.rmtree(saved_model_dir, ignore_errors=True)  # no half-written model left to be mistaken for one
+        raise _write_error(saved_model_dir, error) from None
     return saved_model_dir
+
+
+def _write_error(path: pathlib.Path, error: BaseException) -> ExportError:
+    return ExportError(f"export.dir={path.parent}: cannot write {path.name} ({files.reason(error)}); free space "
+                       "there, or point export.dir at another folder")
 
 
 def _calibration_images(split: data.Split | None, count: int, seed: int) -> np.ndarray | None:

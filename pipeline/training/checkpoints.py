@@ -4,7 +4,14 @@ import logging
 
 import tensorflow as tf
 
+from pipeline import PipelineError
+from pipeline.core import files
+
 logger = logging.getLogger("pipeline")
+
+
+class CheckpointError(PipelineError):
+    """A checkpoint could not be written (a full or read-only disk) or read back (a truncated or corrupt file)."""
 
 
 class Checkpointer:
@@ -19,19 +26,35 @@ class Checkpointer:
         self.every_steps = every_steps
 
     def save_if_due(self, step: int) -> None:
+        """Saves at every `every_steps`-th step.
+
+        Raises:
+            CheckpointError: the folder cannot take it (full, read-only), named with the step.
+        """
         if self.every_steps and step % self.every_steps == 0:
             self.step.assign(step)
-            self.manager.save(checkpoint_number=step)
+            try:
+                self.manager.save(checkpoint_number=step)
+            except (OSError, tf.errors.OpError) as error:
+                raise CheckpointError(f"train.checkpoint_dir={self.manager.directory}: cannot write the checkpoint "
+                                      f"of step {step} ({files.reason(error)}); free space there, or point "
+                                      "train.checkpoint_dir at another folder") from None
 
     def restore_latest(self) -> int:
         """Restores the latest checkpoint; returns its step.
 
         Raises:
             FileNotFoundError: the directory holds no checkpoint.
+            CheckpointError: the latest checkpoint is truncated, corrupt or of another model.
         """
         latest = self.manager.latest_checkpoint
         if latest is None:
             raise FileNotFoundError(f"no checkpoint in {self.manager.directory}")
-        self.manager.checkpoint.restore(latest).assert_existing_objects_matched()
+        try:
+            self.manager.checkpoint.restore(latest).assert_existing_objects_matched()
+        except Exception as error:  # TensorFlow's reader fails a cut or corrupt file in many types (IndexError too)
+            raise CheckpointError(f"train.checkpoint_dir={self.manager.directory}: {latest} cannot be read "
+                                  f"({files.reason(error)}); delete its files to resume from the checkpoint before "
+                                  "it, or rerun the job without train.resume") from None
         logger.info("resumed from %s at step %d", latest, int(self.step.numpy()))
         return int(self.step.numpy())
