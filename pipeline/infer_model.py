@@ -8,13 +8,14 @@ is the reference for parity.
 import hydra
 from omegaconf import DictConfig
 
-import pipeline.core.config  # noqa: F401  registers the schemas conf/ names
+import pipeline.core.config  # registers the schemas conf/ names; validate_command
 from pipeline import console, failures, job
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="infer_model")
 @failures.reporting_errors
 def main(config: DictConfig) -> float:
+    pipeline.core.config.validate_command(config)  # before the store is opened
     from pipeline.tracking import models, runs, store
 
     store.prepare(config.tracking)

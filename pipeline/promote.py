@@ -6,13 +6,14 @@ The rule itself is pipeline/analysis/champion.py; running the command again chan
 import hydra
 from omegaconf import DictConfig
 
-import pipeline.core.config  # noqa: F401  registers the schemas conf/ names
+import pipeline.core.config  # registers the schemas conf/ names; validate_command
 from pipeline import PipelineError, failures
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="promote")
 @failures.reporting_errors
 def main(config: DictConfig) -> None:
+    pipeline.core.config.validate_command(config)  # before the store is opened
     from pipeline.analysis import champion
     from pipeline.tracking import registry, sweeps
     from pipeline.tracking.store import NotFoundError

@@ -11,7 +11,7 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
-import pipeline.core.config  # noqa: F401  registers the schemas conf/ names
+import pipeline.core.config  # registers the schemas conf/ names; validate_command
 from pipeline import failures
 
 logger = logging.getLogger("pipeline")
@@ -20,6 +20,7 @@ logger = logging.getLogger("pipeline")
 @hydra.main(version_base="1.3", config_path="../conf", config_name="report")
 @failures.reporting_errors
 def main(config: DictConfig) -> None:
+    pipeline.core.config.validate_command(config)  # before the store is opened
     from pipeline.tracking import sweeps
 
     parent_run = sweeps.require_sweep(config.tracking, config.sweep_id)

@@ -90,6 +90,14 @@ def test_real_fashion_mnist(compose, real_data):
     assert labels.dtype.name == "int64"
 
 
+def test_an_empty_tfds_dataset_is_one_error_naming_it(compose, tmp_path):
+    config = compose(["data=mnist", "data.source=tfds", f"data.tfds_data_dir={tmp_path}", "data.batch_size=8"])
+    with tfds.testing.mock_data(num_examples=0), pytest.raises(data.DataError, match=r"^data.name=mnist from .*: "
+                                                                                    r"the train split holds no "
+                                                                                    r"examples; point"):
+        data.load_datasets(config.data)
+
+
 def test_tfds_path_under_mock_data(compose, tmp_path):
     config = compose(["data=mnist", "data.source=tfds", f"data.tfds_data_dir={tmp_path}", "data.batch_size=8"])
     with tfds.testing.mock_data(num_examples=16):

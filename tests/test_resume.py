@@ -40,7 +40,7 @@ def test_restore_without_checkpoint_says_where_it_looked(compose, tmp_path):
     config = compose([])
     built = model.build_model(config.model, "float32", seed=0)
     checkpointer = checkpoints.Checkpointer(built, steps.make_optimizer("float32", 0.001), str(tmp_path), 4)
-    with pytest.raises(FileNotFoundError, match=f"no checkpoint in {tmp_path}"):
+    with pytest.raises(checkpoints.CheckpointError, match=f"no checkpoint in {tmp_path}: nothing to resume from"):
         checkpointer.restore_latest()
 
 

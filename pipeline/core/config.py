@@ -18,7 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 from pipeline import PipelineError
-from pipeline.core import precision
+from pipeline.core import input_checks, precision
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[2] / "conf"
 # Examples in each split, for checking batch sizes before any data is read.
@@ -210,6 +210,8 @@ def validate(config, in_sweep: bool = False) -> None:
         config: the composed config of `python -m pipeline`.
         in_sweep: the job is one of a -m sweep's (where some settings cannot run).
     """
+    for problem in input_checks.problems(config):
+        raise ConfigError(problem)
     _require_positive(config, "data.batch_size", "train.epochs", "train.learning_rate", "train.steps_per_call",
                       "train.log_every_steps", "infer.latency_runs", "infer.throughput_batch_size",
                       "infer.throughput_runs")
@@ -240,6 +242,16 @@ def validate(config, in_sweep: bool = False) -> None:
         raise ConfigError(f"stages={stages} is not a run of stages; use a prefix of [{', '.join(STAGES)}] "
                           "(each stage needs the ones before it)")
     _validate_distribute(config, jit_compile, in_sweep)
+
+
+def validate_command(config) -> None:
+    """The checks of `validate` that concern a command's own config (report, promote, infer_model).
+
+    Raises:
+        ConfigError: the first bad name, URI or path, naming the key and the fix.
+    """
+    for problem in input_checks.command_problems(config):
+        raise ConfigError(problem)
 
 
 def _validate_distribute(config, jit_compile: JitCompile, in_sweep: bool) -> None:

@@ -79,6 +79,10 @@ def load_datasets(data_config: "DataConfig") -> Datasets:
         _last_read[key] = _read_splits(data_config)
     splits, source = _last_read[key]
     train, test = splits["train"], splits["test"]
+    for name, split in splits.items():
+        if not len(split.labels):
+            raise DataError(f"data.name={data_config.name} from {source}: the {name} split holds no examples; point "
+                            "data.tfds_data_dir (or data.idx_dir) at a prepared copy of the dataset")
     if data_config.batch_size > len(train.labels):
         raise DataError(
             f"data.batch_size={data_config.batch_size} exceeds the {len(train.labels)} training examples; "
@@ -134,6 +138,9 @@ def read_idx_split(folder, split: str) -> Split:
     labels = read_idx(_find_idx_file(folder, label_stem), kind="labels")
     if len(images) != len(labels):
         raise DataError(f"{folder}: {split} split has {len(images)} images but {len(labels)} labels")
+    if len(images) == 0:
+        raise DataError(f"{folder}: the {split} split holds no images (its IDX header counts 0); point data.idx_dir "
+                        "at a folder of the dataset's four files")
     return Split(images=images.reshape((-1, *IMAGE_SHAPE)), labels=labels.astype(np.int64))
 
 
@@ -186,6 +193,8 @@ def _read_tfds(name: str, data_dir: str | None) -> tuple[dict[str, Split], str]:
 def _to_split(dataset) -> Split:
     # Chunks of 10k rather than TFDS's batch_size=-1, which aborts the process under mock_data.
     chunks = list(dataset.batch(10_000).as_numpy_iterator())
+    if not chunks:  # an empty split: load_datasets names it
+        return Split(images=np.zeros((0, *IMAGE_SHAPE), np.uint8), labels=np.zeros(0, np.int64))
     images = np.concatenate([images for images, _ in chunks]).astype(np.uint8)
     labels = np.concatenate([labels for _, labels in chunks]).astype(np.int64)
     return Split(images=images, labels=labels)

@@ -14,3 +14,10 @@ def reason(error: BaseException) -> str:
             return known
     first = (text.strip().splitlines() or [type(error).__name__])[0]
     return first.split("}} ", 1)[-1][:200]  # TensorFlow prefixes the op: {{function_node ...}}
+
+
+def fix(key: str, error: BaseException) -> str:
+    """What to do about a failed write to the folder `key` names: room on a full disk, else another folder."""
+    if reason(error) in ("No space left on device", "Disk quota exceeded"):
+        return f"free space there, or point {key} at another folder"
+    return f"point {key} at a writable folder"

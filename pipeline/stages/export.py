@@ -144,8 +144,8 @@ def _write_saved_model(model: keras.Model, saved_model_dir: pathlib.Path) -> pat
 
 
 def _write_error(path: pathlib.Path, error: BaseException) -> ExportError:
-    return ExportError(f"export.dir={path.parent}: cannot write {path.name} ({files.reason(error)}); free space "
-                       "there, or point export.dir at another folder")
+    return ExportError(f"export.dir={path.parent}: cannot write {path.name} ({files.reason(error)}); "
+                       f"{files.fix('export.dir', error)}")
 
 
 def _calibration_images(split: data.Split | None, count: int, seed: int) -> np.ndarray | None:

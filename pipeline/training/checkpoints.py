@@ -37,19 +37,19 @@ class Checkpointer:
                 self.manager.save(checkpoint_number=step)
             except (OSError, tf.errors.OpError) as error:
                 raise CheckpointError(f"train.checkpoint_dir={self.manager.directory}: cannot write the checkpoint "
-                                      f"of step {step} ({files.reason(error)}); free space there, or point "
-                                      "train.checkpoint_dir at another folder") from None
+                                      f"of step {step} ({files.reason(error)}); "
+                                      f"{files.fix('train.checkpoint_dir', error)}") from None
 
     def restore_latest(self) -> int:
         """Restores the latest checkpoint; returns its step.
 
         Raises:
-            FileNotFoundError: the directory holds no checkpoint.
-            CheckpointError: the latest checkpoint is truncated, corrupt or of another model.
+            CheckpointError: the folder holds no checkpoint, or the latest is truncated, corrupt or of another model.
         """
         latest = self.manager.latest_checkpoint
         if latest is None:
-            raise FileNotFoundError(f"no checkpoint in {self.manager.directory}")
+            raise CheckpointError(f"no checkpoint in {self.manager.directory}: nothing to resume from; rerun the job "
+                                  "without train.resume (with train.checkpoint_every_steps set, it keeps checkpoints)")
         try:
             self.manager.checkpoint.restore(latest).assert_existing_objects_matched()
         except Exception as error:  # TensorFlow's reader fails a cut or corrupt file in many types (IndexError too)
