@@ -31,7 +31,9 @@ QUICK_INFER = ["infer.latency_runs=20", "infer.throughput_runs=3"]
 CONTRACT_METRICS = {
     "train/loss", "train/step_time_ms", "train/step_time_ms_p90", "train/examples_per_sec",
     "train/peak_memory_mb", "eval/loss", "eval/accuracy", "infer/latency_ms_p50", "infer/latency_ms_p99",
-    "infer/examples_per_sec", "infer/agreement", "infer/max_abs_diff",
+    "infer/examples_per_sec", "infer/agreement", "infer/max_abs_diff", "train/peak_tensor_mb",
+    "train/resident_tensor_mb", "train/step_transient_mb", "train/peak_rss_mb", "job/rss_mb_at_end",
+    "job/tensor_mb_at_end",
 }
 FLOAT16_METRICS = {"train/loss_scale", "train/skipped_steps"}
 

@@ -18,6 +18,8 @@ def describe_device() -> dict[str, str]:
         "device.type": "CPU",
         "version.tensorflow": tf.__version__,
         "version.keras": keras.__version__,
+        # On Ampere and later GPUs "float32" matmuls run in TF32 while this is on (TensorFlow's default).
+        "precision.tf32_enabled": str(tf.config.experimental.tensor_float_32_execution_enabled()).lower(),
     }
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
@@ -68,20 +70,41 @@ def read_peak_memory_mb() -> tuple[float, str]:
     """Peak memory since reset_peak_memory, in MiB, and where it comes from (gpu or host_rss)."""
     if tf.config.list_physical_devices("GPU"):
         return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20, "gpu"
+    return read_peak_rss_mb(), "host_rss"
+
+
+def tensor_device() -> str:
+    """Where the job's tensors live, for TensorFlow's allocator statistics: the first GPU, else the CPU."""
+    return "GPU:0" if tf.config.list_physical_devices("GPU") else "CPU:0"
+
+
+def reset_tensor_peak(device: str) -> None:
+    tf.config.experimental.reset_memory_stats(device)
+
+
+def tensor_memory_mb(device: str) -> tuple[float, float]:
+    """(MiB of tensors allocated now, the most allocated since reset_tensor_peak) in TensorFlow's allocator on
+    `device`: the same figures on a GPU and on a CPU (where the BFC allocator must be on: importing pipeline
+    turns it on), independent of the runtime's and the dataset's own memory."""
+    info = tf.config.experimental.get_memory_info(device)
+    return info["current"] / 2**20, info["peak"] / 2**20
+
+
+def read_peak_rss_mb() -> float:
+    """The process's peak resident set since reset_peak_memory (on a GPU too), in MiB."""
     status = _PROC_SELF / "status"
     if status.exists():
         for line in status.read_text().splitlines():
             if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024, "host_rss"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "host_rss"
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def memory_in_use_mb() -> dict[str, float]:
     """What the process holds now, not its high-water mark: its resident set, and the bytes its tensors
     occupy in TensorFlow's allocator (GPU:0 on a GPU, else CPU:0; zero on a CPU unless the BFC allocator is
     on, which importing pipeline arranges). Logged at each job's end, a sweep's leak shows as a slope."""
-    device = "GPU:0" if tf.config.list_physical_devices("GPU") else "CPU:0"
-    in_use = {"tensor_mb": tf.config.experimental.get_memory_info(device)["current"] / 2**20}
+    in_use = {"tensor_mb": tensor_memory_mb(tensor_device())[0]}
     status = _PROC_SELF / "status"
     if status.exists():
         for line in status.read_text().splitlines():

@@ -73,6 +73,9 @@ class TrainResult:
     jit: compile_mode.Choice
     skipped_steps: int = 0
     loss_scale: float | None = None
+    peak_rss_mb: float | None = None  # the process's own peak, whatever the device
+    peak_tensor_mb: float | None = None  # TensorFlow's allocator over the training calls
+    resident_tensor_mb: float | None = None  # allocated between calls: weights, optimizer state, the split
 
     def metrics(self) -> dict[str, float]:
         """The summary metrics under their MLflow names (train/loss is logged as a history)."""
@@ -85,6 +88,12 @@ class TrainResult:
             "train/peak_memory_mb": self.peak_memory_mb,
             "train/warmup_seconds": self.warmup_seconds,
         }
+        if self.peak_tensor_mb is not None:
+            metrics |= {"train/peak_tensor_mb": self.peak_tensor_mb,
+                        "train/resident_tensor_mb": self.resident_tensor_mb,
+                        "train/step_transient_mb": self.peak_tensor_mb - self.resident_tensor_mb}
+        if self.peak_rss_mb is not None:
+            metrics["train/peak_rss_mb"] = self.peak_rss_mb
         if self.loss_scale is not None:
             metrics["train/loss_scale"] = self.loss_scale
             metrics["train/skipped_steps"] = self.skipped_steps
@@ -134,6 +143,9 @@ def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig
     last_flush = time.monotonic()
     divergence = DivergenceCheck(train_config.divergence_factor, train_config.learning_rate)
     device.reset_peak_memory()
+    tensor_device = device.tensor_device()
+    device.reset_tensor_peak(tensor_device)
+    resident_mb = math.inf  # tensors allocated between calls: weights, optimizer and loss-scale state, the split
     try:
         while step < total_steps:
             step_count = min(train_config.steps_per_call, total_steps - step,
@@ -142,6 +154,7 @@ def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig
             losses = train_call(order.indices(step, step_count)).numpy()  # the call's one host sync
             call_seconds.append(time.perf_counter() - started)
             call_steps.append(step_count)
+            resident_mb = min(resident_mb, device.tensor_memory_mb(tensor_device)[0])
             # The first call of each shape (step count, batch) compiles a program: warm-up, not step time.
             warmup.append((step_count, order.batch_shape) not in compiled_shapes)
             compiled_shapes.add((step_count, order.batch_shape))
@@ -165,7 +178,10 @@ def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig
             log_metric("train/loss", loss_points)
     if not call_seconds:
         raise ValueError("training ran no step; raise train.epochs or train.max_steps")
-    return _summarize(model, optimizer, step, loss_value, call_seconds, call_steps, warmup, batch_size, choice)
+    peak_tensor_mb = device.tensor_memory_mb(tensor_device)[1]
+    result = _summarize(model, optimizer, step, loss_value, call_seconds, call_steps, warmup, batch_size, choice)
+    result.peak_tensor_mb, result.resident_tensor_mb = peak_tensor_mb, min(resident_mb, peak_tensor_mb)
+    return result
 
 
 def _batch_shape(strategy, batch_size: int) -> tuple[int, ...]:
@@ -210,6 +226,7 @@ def _summarize(model, optimizer, step, loss_value, call_seconds, call_steps, war
         examples_per_sec=float(step_counts.sum() * batch_size / seconds.sum()),
         peak_memory_mb=peak_memory_mb,
         peak_memory_source=peak_memory_source,
+        peak_rss_mb=device.read_peak_rss_mb(),
         warmup_seconds=float(sum(seconds for seconds, compiling in zip(call_seconds, warmup) if compiling)),
         warmup_calls=sum(warmup),
         jit=choice,
