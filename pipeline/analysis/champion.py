@@ -136,7 +136,7 @@ def _choose_by_interval(candidates: list[Candidate], rule) -> tuple[Candidate, s
                                          if member.seed in partners and member.accuracy is not None
                                          and partners[member.seed].accuracy is not None)
         passes_accuracy = precision.is_reference(policy) or (delta is not None and delta.has_interval
-                                                  and delta.high > -rule.accuracy_tolerance)
+                                                             and delta.high > -rule.accuracy_tolerance)
         passes_parity = all(_agrees(member, rule) for member in members)
         scores = [member.score for member in members if member.score is not None]
         if passes_accuracy and passes_parity and scores:

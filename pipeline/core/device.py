@@ -92,12 +92,8 @@ def tensor_memory_mb(device: str) -> tuple[float, float]:
 
 def read_peak_rss_mb() -> float:
     """The process's peak resident set since reset_peak_memory (on a GPU too), in MiB."""
-    status = _PROC_SELF / "status"
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _process_status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def memory_in_use_mb() -> dict[str, float]:
@@ -105,12 +101,20 @@ def memory_in_use_mb() -> dict[str, float]:
     occupy in TensorFlow's allocator (GPU:0 on a GPU, else CPU:0; zero on a CPU unless the BFC allocator is
     on, which importing pipeline arranges). Logged at each job's end, a sweep's leak shows as a slope."""
     in_use = {"tensor_mb": tensor_memory_mb(tensor_device())[0]}
+    resident = _process_status_mb("VmRSS")
+    if resident is not None:
+        in_use["rss_mb"] = resident
+    return in_use
+
+
+def _process_status_mb(field: str) -> float | None:
+    """A kB figure of /proc/self/status (Linux) in MiB; None where there is no such file."""
     status = _PROC_SELF / "status"
     if status.exists():
         for line in status.read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                in_use["rss_mb"] = int(line.split()[1]) / 1024
-    return in_use
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    return None
 
 
 def _cpu_model() -> str:

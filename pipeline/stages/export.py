@@ -82,7 +82,7 @@ def export(trained: keras.Model, export_config: ExportConfig, model_config: MlpC
     calibration = _calibration_images(calibration_split, export_config.calibration_examples, seed)
     for export_format in formats:
         result.litert_files[str(export_format)] = convert(source, export_format, calibration,
-                                                                 folder / f"{export_format}{litert.SUFFIX}")
+                                                          folder / f"{export_format}{litert.SUFFIX}")
     return result
 
 

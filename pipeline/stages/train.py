@@ -179,9 +179,8 @@ def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig
     if not call_seconds:
         raise ValueError("training ran no step; raise train.epochs or train.max_steps")
     peak_tensor_mb = device.tensor_memory_mb(tensor_device)[1]
-    result = _summarize(model, optimizer, step, loss_value, call_seconds, call_steps, warmup, batch_size, choice)
-    result.peak_tensor_mb, result.resident_tensor_mb = peak_tensor_mb, min(resident_mb, peak_tensor_mb)
-    return result
+    return _summarize(model, optimizer, step, loss_value, call_seconds, call_steps, warmup, batch_size, choice,
+                      peak_tensor_mb, min(resident_mb, peak_tensor_mb))
 
 
 def _batch_shape(strategy, batch_size: int) -> tuple[int, ...]:
@@ -210,7 +209,7 @@ def _steps_to_boundary(step: int, every: int | None) -> int:
 
 
 def _summarize(model, optimizer, step, loss_value, call_seconds, call_steps, warmup, batch_size,
-               choice: compile_mode.Choice) -> TrainResult:
+               choice: compile_mode.Choice, peak_tensor_mb: float, resident_tensor_mb: float) -> TrainResult:
     timed = [index for index, compiling in enumerate(warmup) if not compiling] or list(range(len(call_seconds)))
     seconds, step_counts = np.array(call_seconds)[timed], np.array(call_steps)[timed]
     per_step_seconds = seconds / step_counts
@@ -227,6 +226,8 @@ def _summarize(model, optimizer, step, loss_value, call_seconds, call_steps, war
         peak_memory_mb=peak_memory_mb,
         peak_memory_source=peak_memory_source,
         peak_rss_mb=device.read_peak_rss_mb(),
+        peak_tensor_mb=peak_tensor_mb,
+        resident_tensor_mb=resident_tensor_mb,
         warmup_seconds=float(sum(seconds for seconds, compiling in zip(call_seconds, warmup) if compiling)),
         warmup_calls=sum(warmup),
         jit=choice,
