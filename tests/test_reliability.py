@@ -1,5 +1,6 @@
 """Bad input gets a clear one-line error and a non-zero exit; nothing is left RUNNING."""
 
+import concurrent.futures
 import contextlib
 import re
 import socket
@@ -194,35 +195,19 @@ def test_help_lists_only_real_options(tmp_path):
 def test_a_database_that_accepts_but_never_answers_fails_after_the_configured_timeout():
     """A server that takes the connection and then says nothing (a hung database, a black-holing proxy): the
     driver's connect timeout ends the wait, not MLflow's minutes of retries."""
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen()  # the kernel completes the handshake; nothing ever answers
-        uri = f"postgresql+psycopg://mlflow:s3cret@127.0.0.1:{silent.getsockname()[1]}/mlflow"
-        started = time.monotonic()
-        refusal = r"mlflow:\*\*\*@127.0.0.1:\d+/mlflow: cannot connect"
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()  # the kernel completes the handshake; nothing ever answers
+    uri = f"postgresql+psycopg://mlflow:s3cret@127.0.0.1:{silent.getsockname()[1]}/mlflow"
+    refusal = r"mlflow:\*\*\*@127.0.0.1:\d+/mlflow: cannot connect"
+    # In a worker, so a timeout that no longer works fails the test instead of hanging it. 2.2 s measured, on
+    # a loaded machine too: psycopg tries SSL, then plain, each ending at the 1 s timeout; 3x headroom.
+    worker = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        checked = worker.submit(store_lib._check_database, uri, timeout_s=1)
         with pytest.raises(store_lib.TrackingError, match=refusal) as error:
-            store_lib._check_database(uri, timeout_s=1)
-        # 2.2 s measured: psycopg tries SSL, then plain, each ending at the 1 s timeout; 3x headroom.
-        assert time.monotonic() - started < 7
+            checked.result(timeout=7)
+    finally:
+        silent.close()  # resets a connection still waiting, which ends the worker
+        worker.shutdown(wait=True)
     assert "s3cret" not in str(error.value)
-
-
-@pytest.mark.e2e
-@pytest.mark.parametrize("where,message", [
-    ("export.dir", r"ERROR export.dir=.*/full-disk/export: cannot write saved_model \(No space left on device\); "
-                   r"free space there, or point export.dir at another folder"),
-    ("train.checkpoint_dir", r"ERROR train.checkpoint_dir=.*/full-disk/export: cannot write the checkpoint of step 10 "
-                             r"\(No space left on device\); free space there, or point train.checkpoint_dir at"),
-])
-def test_a_full_disk_fails_the_run_with_one_line_and_registers_nothing(tmp_path, store, real_data, full_disk, where,
-                                                                        message):
-    result = run_pipeline([*real_data, "train.max_steps=20", "train.checkpoint_every_steps=10", *QUICK_INFER,
-                           f"{where}={full_disk}/export", *store.overrides], cwd=tmp_path)
-    output = result.stdout + result.stderr
-    assert result.returncode == 1 and "Traceback" not in output
-    (error,) = [line for line in output.splitlines() if "ERROR" in line]
-    assert re.search(message, error), error
-    run = store.only_run()
-    assert run.info.status == "FAILED" and "No space left on device" in run.data.tags["error"]
-    assert store.versions() == []
-    assert not (full_disk / "export" / "saved_model").exists()  # nothing half-written left to be served
