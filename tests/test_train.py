@@ -105,8 +105,9 @@ def test_non_finite_loss_stops_training_within_a_call(compose):
 
 
 def test_tensor_memory_comes_from_the_allocator_and_shows_what_precision_does(compose):
-    """The CNN at batch 256 in graph mode: bfloat16 activations are half of float32's, so the step's tensor
-    peak falls; the process's RSS, mostly the runtime, barely moves with the policy."""
+    """The CNN at batch 256 in graph mode: bfloat16 activations are half of float32's, so what a step allocates
+    falls. Compared on the step's own allocation (peak minus what stayed between calls), since whatever
+    earlier code of the process left allocated sits in both peaks alike."""
     rng = np.random.default_rng(0)
     split = data.Split(rng.integers(0, 256, (512, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 512))
     figures = {}
@@ -119,8 +120,9 @@ def test_tensor_memory_comes_from_the_allocator_and_shows_what_precision_does(co
         assert figures[policy]["train/resident_tensor_mb"] >= weights_mb  # the weights at least, between calls
         assert figures[policy]["train/step_transient_mb"] > 0
         assert figures[policy]["train/peak_rss_mb"] > figures[policy]["train/peak_tensor_mb"]
-    ratio = figures["mixed_bfloat16"]["train/peak_tensor_mb"] / figures["float32"]["train/peak_tensor_mb"]
-    assert ratio <= 0.75, figures
+    ratio = figures["mixed_bfloat16"]["train/step_transient_mb"] / figures["float32"]["train/step_transient_mb"]
+    assert ratio <= 0.75, figures  # 0.48 measured
+    assert figures["mixed_bfloat16"]["train/peak_tensor_mb"] < figures["float32"]["train/peak_tensor_mb"]
 
 
 @pytest.mark.skipif(not __import__("tensorflow").config.list_physical_devices("GPU"), reason="needs a GPU")
