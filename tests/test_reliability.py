@@ -211,3 +211,24 @@ def test_a_database_that_accepts_but_never_answers_fails_after_the_configured_ti
         silent.close()  # resets a connection still waiting, which ends the worker
         worker.shutdown(wait=True)
     assert "s3cret" not in str(error.value)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("where,message", [
+    ("export.dir", r"ERROR export.dir=.*/full-disk/export: cannot write saved_model \(No space left on device\); "
+                   r"free space there, or point export.dir at another folder"),
+    ("train.checkpoint_dir", r"ERROR train.checkpoint_dir=.*/full-disk/export: cannot write the checkpoint of step 10 "
+                             r"\(No space left on device\); free space there, or point train.checkpoint_dir at"),
+])
+def test_a_full_disk_fails_the_run_with_one_line_and_registers_nothing(tmp_path, store, real_data, full_disk, where,
+                                                                        message):
+    result = run_pipeline([*real_data, "train.max_steps=20", "train.checkpoint_every_steps=10", *QUICK_INFER,
+                           f"{where}={full_disk}/export", *store.overrides], cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output
+    (error,) = [line for line in output.splitlines() if "ERROR" in line]
+    assert re.search(message, error), error
+    run = store.only_run()
+    assert run.info.status == "FAILED" and "No space left on device" in run.data.tags["error"]
+    assert store.versions() == []
+    assert not (full_disk / "export" / "saved_model").exists()  # nothing half-written left to be served
