@@ -56,7 +56,7 @@ def train_pipeline(split, model_name, policy, batch_size, steps, jit_compile, lo
                         f"train.jit_compile={jit_compile}", f"train.steps_per_call={max(1, min(50, steps // 8))}",
                         f"train.jit_cache_file={cache_file or 'null'}"])
     built = model.build_model(composed.model, policy, seed=0)
-    datasets = data.Datasets(split, split, batch_size, None)
+    datasets = data.Datasets(split, split, batch_size, num_classes=10)
     return train.train(built, datasets, composed.train, policy, log_metric=log_metric, progress=progress)
 
 
@@ -108,6 +108,10 @@ def matmul_roofline(size=2048, repeats=20) -> dict[str, float]:
         result.numpy()
         peaks[policy] = 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
     return peaks
+
+
+VIT_WIDTHS = (32, 64, 128)  # token widths of the size table
+VIT_EPOCHS = 5
 
 
 def section_training(split, quick) -> list[dict]:
@@ -266,7 +270,7 @@ def section_litert(split, quick) -> list[dict]:
     from pipeline.stages import evaluate
 
     test_split = data.read_idx_split(IDX_DIR, "test")
-    datasets = data.Datasets(split, test_split, 128, data.make_batches(test_split, 1024))
+    datasets = data.Datasets(split, test_split, 1024, num_classes=10)
     formats = "[" + ",".join(config.ExportFormat) + "]"
     rows = []
     for model_name in ("mlp", "cnn"):
@@ -372,6 +376,90 @@ def section_allocator(split, quick) -> list[dict]:
     return rows
 
 
+def section_memory(split, quick) -> dict:
+    """Tensor memory per policy from the jobs' own metrics (one fresh process per job, batch 256, graph mode and
+    XLA per step), the estimate beside it, and pipeline.max_batch's largest CNN batch within 512 MiB."""
+    import mlflow
+
+    jobs = []
+    for model_name in ("mlp", "cnn"):
+        for mode in ("false", "step"):
+            for policy in POLICIES:
+                store = SCRATCH / f"memory-{model_name}-{mode}-{policy}"
+                subprocess.run([sys.executable, "-m", "pipeline", f"model={model_name}", f"precision={policy}",
+                                "data=fashion_mnist", "data.source=idx", f"data.idx_dir={IDX_DIR}",
+                                "data.batch_size=256", f"train.max_steps={31 if quick else 101}",
+                                "train.steps_per_call=1", f"train.jit_compile={mode}", "stages=[train]",
+                                f"tracking.uri=sqlite:///{store}/mlflow.db",
+                                f"tracking.artifact_root={store}/artifacts", f"hydra.run.dir={store}/run"],
+                               cwd=REPO_ROOT, capture_output=True, check=True)
+                (run,) = mlflow.MlflowClient(f"sqlite:///{store}/mlflow.db").search_runs(["1"])
+                metrics = run.data.metrics
+                row = {"model": model_name, "mode": mode, "policy": policy,
+                       "peak_tensor_mb": metrics["train/peak_tensor_mb"],
+                       "step_transient_mb": metrics["train/step_transient_mb"],
+                       "estimate_mb": metrics["memory/estimate/transient_mb"],
+                       "measured_over_estimate": metrics["memory/measured_over_estimate"],
+                       "examples_per_sec": metrics["train/examples_per_sec"]}
+                jobs.append(row)
+                print(_line(row), flush=True)
+    store = SCRATCH / "memory-max-batch"
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pipeline.max_batch", "-m", f"precision={','.join(POLICIES)}", "model=cnn",
+                    "data=fashion_mnist", "data.source=idx", f"data.idx_dir={IDX_DIR}", "train.jit_compile=false",
+                    "train.memory_budget_mb=512", f"tracking.uri=sqlite:///{store}/mlflow.db",
+                    f"tracking.artifact_root={store}/artifacts", f"hydra.sweep.dir={store}/multirun"],
+                   cwd=REPO_ROOT, capture_output=True, check=True)
+    wall_seconds = time.perf_counter() - started
+    max_batch = []
+    for run in mlflow.MlflowClient(f"sqlite:///{store}/mlflow.db").search_runs(["1"]):
+        if "memory/max_batch" in run.data.metrics:
+            metrics = run.data.metrics
+            row = {"policy": run.data.params["precision.policy"], "max_batch": metrics["memory/max_batch"],
+                   "peak_mb": metrics["memory/max_batch_peak_mb"],
+                   "examples_per_sec": metrics["memory/max_batch_examples_per_sec"],
+                   "search_seconds": metrics["memory/search_seconds"]}
+            max_batch.append(row)
+            print(_line(row), flush=True)
+    print(f"max_batch sweep of {len(max_batch)} policies: {wall_seconds:.0f} s wall", flush=True)
+    return {"jobs": jobs, "max_batch": max_batch, "max_batch_wall_seconds": wall_seconds}
+
+
+def section_vit(split, quick) -> dict:
+    """The ViT at three widths under float32 and mixed_bfloat16, as one `-m` sweep of the pipeline (auto mode):
+    parameters, examples/s, step memory and test accuracy after VIT_EPOCHS epochs; and the smallest width at
+    which bfloat16 trains faster than float32 here."""
+    import mlflow
+
+    store = SCRATCH / "vit-sizes"
+    epochs = 1 if quick else VIT_EPOCHS
+    started = time.perf_counter()
+    widths = ",".join(map(str, VIT_WIDTHS))
+    subprocess.run([sys.executable, "-m", "pipeline", "-m", "model=vit", f"model.width={widths}",
+                    f"precision={precision.REFERENCE},mixed_bfloat16", "data=fashion_mnist", "data.source=idx",
+                    f"data.idx_dir={IDX_DIR}", f"train.epochs={epochs}", "stages=[train,evaluate]",
+                    f"train.jit_cache_file={SCRATCH}/jit-vit.json", f"tracking.uri=sqlite:///{store}/mlflow.db",
+                    f"tracking.artifact_root={store}/artifacts", f"hydra.sweep.dir={store}/multirun"],
+                   cwd=REPO_ROOT, capture_output=True, check=True)
+    rows = []
+    for run in mlflow.MlflowClient(f"sqlite:///{store}/mlflow.db").search_runs(["1"], order_by=["start_time ASC"]):
+        metrics = run.data.metrics
+        if "model/parameters" not in metrics:
+            continue  # the sweep's parent run
+        rows.append({"width": int(run.data.params["model.width"]), "policy": run.data.params["precision.policy"],
+                     "parameters": metrics["model/parameters"], "jit": run.data.tags["train.jit_compile_chosen"],
+                     "examples_per_sec": metrics["train/examples_per_sec"],
+                     "step_transient_mb": metrics["train/step_transient_mb"],
+                     "peak_tensor_mb": metrics["train/peak_tensor_mb"], "accuracy": metrics["eval/accuracy"]})
+        print(_line(rows[-1]), flush=True)
+    speed = {(row["width"], row["policy"]): row["examples_per_sec"] for row in rows}
+    faster = [width for width in VIT_WIDTHS if speed[(width, "mixed_bfloat16")] > speed[(width, precision.REFERENCE)]]
+    print(f"smallest width where mixed_bfloat16 trains faster than float32: {min(faster) if faster else 'none'} "
+          f"(CPU flags: {', '.join(sorted(device.read_cpu_flags() & {'avx512_bf16', 'amx_bf16'})) or 'none'}); "
+          f"sweep {time.perf_counter() - started:.0f} s", flush=True)
+    return {"epochs": epochs, "rows": rows, "smallest_faster_width": min(faster) if faster else None}
+
+
 def section_http(split, quick) -> dict:
     """p50 of `mlflow models serve` answering one image, on a freshly logged model."""
     import urllib.request
@@ -454,7 +542,7 @@ def section_ops(split, quick) -> list[dict]:
 SECTIONS = {"training": section_training, "auto": section_auto, "roofline": section_roofline,
             "inference": section_inference, "tracking": section_tracking_overhead, "startup": section_startup,
             "http": section_http, "ops": section_ops, "serving": section_serving, "litert": section_litert,
-            "allocator": section_allocator}
+            "allocator": section_allocator, "memory": section_memory, "vit": section_vit}
 
 
 def _line(row: dict) -> str:

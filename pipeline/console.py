@@ -153,7 +153,7 @@ def print_job_summary(result, links: tuple[str, str | None] | None) -> None:
     figures = [f"eval accuracy {result.accuracy:.4f}" if result.accuracy is not None else None,
                f"{result.examples_per_sec:,.0f} train examples/s (jit_compile={result.jit_compile})"
                if result.examples_per_sec else None,
-               f"peak memory {result.peak_memory_mb:,.0f} MiB" if result.peak_memory_mb else None,
+               f"tensor peak {result.peak_tensor_mb:,.1f} MiB" if result.peak_tensor_mb else None,
                f"infer p50 {result.latency_ms_p50:.3f} ms" if result.latency_ms_p50 is not None else None]
     logger.info("%s: %s", result.run_name, ", ".join(figure for figure in figures if figure))
     if result.registered:
@@ -178,12 +178,13 @@ class ConsoleFormatter(logging.Formatter):
 
 
 def print_sweep_summary(sweep_report, report_dir, links: tuple[str, str | None]) -> None:
-    """The end of a sweep: the compact table, a sentence per reduced-precision job, where to look next."""
-    from pipeline.analysis import summary
+    """The end of a sweep: the compact table, sentences per reduced-precision job (accuracy and speed,
+    memory), where to look next."""
+    from pipeline.analysis import memory, summary
 
     lines = ["", summary.compact_table(sweep_report.rows), ""]
     lines += [f"WARNING {warning}" for warning in sweep_report.warnings]
-    lines += summary.summary_sentences(sweep_report.rows)
+    lines += summary.summary_sentences(sweep_report.rows) + memory.sentences(sweep_report.rows)
     lines.append(f"report: {report_dir}/report.md (and on the sweep's parent run)")
     url, command = links
     lines.append(f"runs:   {url}" + (f"  (serve the UI first: {command})" if command else ""))

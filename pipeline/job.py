@@ -29,7 +29,7 @@ class JobResult:
     accuracy: float | None = None
     examples_per_sec: float | None = None
     jit_compile: str | None = None
-    peak_memory_mb: float | None = None
+    peak_tensor_mb: float | None = None  # TensorFlow's allocator: what precision changes (train/peak_tensor_mb)
     latency_ms_p50: float | None = None
     registered: str | None = None  # "<name> version <n>", or why it was not registered
 
@@ -103,7 +103,7 @@ def _run_stages(config: DictConfig, run_name: str, run_id: str, sweep_id: str | 
         runs.log_metrics(trained.metrics())
         runs.set_tags(trained.tags())
     result = JobResult(run_name, examples_per_sec=trained.examples_per_sec, jit_compile=str(trained.jit.mode),
-                       peak_memory_mb=trained.peak_memory_mb)
+                       peak_tensor_mb=trained.peak_tensor_mb)
     if "evaluate" not in config.stages:
         return result
     with stopwatch.part("evaluate"):
@@ -131,7 +131,7 @@ def _run_stages(config: DictConfig, run_name: str, run_id: str, sweep_id: str | 
     with stopwatch.part("log_model"):
         example = data.normalize(datasets.test.images[:2]).numpy()
         model_uris = {"saved_model": models.log_model(exported.model, exported.saved_model_dir, example)}
-        model_uris |= {name: models.log_litert_model(name, path, example)
+        model_uris |= {name: models.log_litert_model(name, path, example, datasets.num_classes)
                        for name, path in exported.litert_files.items()}
     with stopwatch.part("register"):
         registered = [_register(config, model_uris[name], run_id, sweep_id, policy, exported.policy, name,

@@ -181,6 +181,9 @@ def synthetic_sweep(client: mlflow.MlflowClient, experiment_id: str, job_count: 
         metrics = {"eval/accuracy": 0.83 + 0.01 * rng.standard_normal(), "infer/agreement": 1.0,
                    "train/examples_per_sec": 1e5 * (1 + 0.1 * rng.standard_normal()), "train/step_time_ms": 1.0,
                    "train/peak_memory_mb": 1100.0, "infer/latency_ms_p50": 0.2,
+                   "train/peak_tensor_mb": 40.0 + batch_size * (0.2 if precision.is_reference(policy) else 0.1),
+                   "train/step_transient_mb": batch_size * (0.2 if precision.is_reference(policy) else 0.1)
+                   * (1 + 0.05 * rng.standard_normal()),
                    "infer/examples_per_sec": 8e5 * (1 + 0.1 * rng.standard_normal())}
         params = {"model.name": "mlp", "precision.policy": policy, "data.batch_size": str(batch_size),
                   "train.learning_rate": "0.001", "train.seed": str(index // 12)}

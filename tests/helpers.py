@@ -33,7 +33,8 @@ CONTRACT_METRICS = {
     "train/peak_memory_mb", "eval/loss", "eval/accuracy", "infer/latency_ms_p50", "infer/latency_ms_p99",
     "infer/examples_per_sec", "infer/agreement", "infer/max_abs_diff", "train/peak_tensor_mb",
     "train/resident_tensor_mb", "train/step_transient_mb", "train/peak_rss_mb", "job/rss_mb_at_end",
-    "job/tensor_mb_at_end",
+    "job/tensor_mb_at_end", "train/split_tensor_mb", "memory/estimate/transient_mb", "memory/measured_over_estimate",
+    "model/parameters",
 }
 FLOAT16_METRICS = {"train/loss_scale", "train/skipped_steps"}
 
@@ -100,7 +101,6 @@ def tiny_datasets(count=256, batch_size=32) -> data.Datasets:
         images=rng.integers(0, 256, (count, 28, 28, 1), dtype=np.uint8),
         labels=rng.integers(0, 10, count).astype(np.int64),
     )
-    return data.Datasets(train=split, test=split, batch_size=batch_size,
-                         test_batches=data.make_batches(split, batch_size))
+    return data.Datasets(train=split, test=split, batch_size=batch_size, num_classes=10)
 
 

@@ -135,3 +135,55 @@ def test_calls_run_across_epoch_ends_in_the_epochs_own_order():
                                batch_order.epoch_order(40, 3, 1).numpy()[:8]])
     np.testing.assert_array_equal(indices.reshape(-1), expected)
     assert indices.shape == (4, 4)
+
+
+def test_a_memory_budget_keeps_auto_to_the_modes_that_fit_and_says_so(compose, caplog):
+    """The CNN at batch 256: XLA per step holds about twice graph mode's tensors on a CPU. Graph mode is made
+    slower here so XLA would win on speed; a budget between the two peaks must still pick graph mode."""
+    from pipeline.core import data
+    from pipeline.training import memory
+
+    config = compose(["model=cnn"])
+    built = model.build_model(config.model, "float32", seed=0)
+    optimizer = steps.make_optimizer("float32", 1e-3)
+    optimizer.build(built.trainable_variables)
+    rng = np.random.default_rng(0)
+    split = data.Split(rng.integers(0, 256, (512, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 512))
+    split_on_device = steps.device_split(split)
+    order = batch_order.BatchOrder(512, 256, (256,), seed=0)
+    calls = {}
+
+    def build_call(mode):
+        if mode not in calls:
+            call = functools.partial(steps.make_call(built, optimizer, mode), *split_on_device)
+            calls[mode] = (lambda indices: (time.sleep(0.5), call(indices))[1]) if mode == JitCompile.false else call
+        return calls[mode]
+
+    def choose(budget):
+        return compile_mode.choose(JitCompile.auto, [JitCompile.false, JitCompile.step], build_call,
+                                   lambda count: order.indices(0, count), 1, [*built.variables, *optimizer.variables],
+                                   cache_file=None, key={}, memory_budget_mb=budget)
+
+    unbounded = choose(None)
+    assert unbounded.mode == JitCompile.step  # the fastest, with graph mode slowed
+    assert unbounded.peak_mb["step"] > 1.3 * unbounded.peak_mb["false"], unbounded.peak_mb
+    budget = (unbounded.peak_mb["step"] + unbounded.peak_mb["false"]) / 2
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        bounded = choose(budget)
+    assert bounded.mode == JitCompile.false and bounded.peak_mb["false"] <= budget
+    assert f"budget {budget:g}: step over it" in caplog.text
+    assert bounded.metrics()["train/jit_probe/step_peak_mb"] > budget
+    with pytest.raises(memory.MemoryBudgetError, match=r"no compile mode fits train.memory_budget_mb=1: the smallest "
+                                                       r"step peak was [0-9.]+ MiB \(mode false\); raise the budget"):
+        choose(1)
+
+
+def test_a_cached_decision_is_held_to_the_budget_too(compose, tmp_path):
+    cache = compile_mode.DecisionCache(str(tmp_path / "jit.json"))
+    key = {"model": "m"}
+    cache.put(key, {"mode": "true", "step_ms": {"false": 2.0, "true": 1.0}, "peak_mb": {"false": 100.0, "true": 300.0}})
+    choose = functools.partial(compile_mode.choose, JitCompile.auto, [JitCompile.false, JitCompile.true], None, None, 1,
+                               [], str(tmp_path / "jit.json"), key)
+    assert choose().mode == JitCompile.true
+    cached = choose(memory_budget_mb=200)
+    assert cached.mode == JitCompile.false and cached.source == "cache"

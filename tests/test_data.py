@@ -15,7 +15,7 @@ from pipeline.core import data
 def write_idx_split(folder, split="train", count=5, rows=28, label_values=None, gzipped=True,
                     image_magic=0x803, label_count=None):
     """Writes one split's IDX image and label files, with knobs to break them."""
-    image_stem, label_stem = data.SPLIT_FILES[split]
+    image_stem, label_stem = data.MNIST_IDX_FILES[split]
     images = np.arange(count * rows * 28, dtype=np.uint64).astype(np.uint8)
     labels = np.array(label_values if label_values is not None else np.arange(count) % 10, dtype=np.uint8)
     label_count = len(labels) if label_count is None else label_count
@@ -57,18 +57,25 @@ def test_wrong_magic_is_rejected(tmp_path):
         data.read_idx_split(tmp_path, "train")
 
 
+def test_images_and_labels_that_disagree_are_rejected(tmp_path):
+    write_idx_split(tmp_path, count=5, label_values=[0, 1, 2, 3])
+    with pytest.raises(data.DataError, match="5 images but 4 labels"):
+        data.read_idx_split(tmp_path, "train")
+
+
 @pytest.mark.parametrize(
     "arguments,message",
     [
-        ({"rows": 27}, "images are 27x28, expected 28x28"),
-        ({"label_values": [0, 1, 2, 3, 12]}, "label 12 is out of range"),
-        ({"count": 5, "label_values": [0, 1, 2, 3]}, "5 images but 4 labels"),
+        ({"rows": 27}, r"train images are \(27, 28, 1\), data.image_shape says \[28, 28, 1\]; set data.image_shape"),
+        ({"label_values": [0, 1, 2, 3, 12]}, r"train labels span 0..12, outside 0..9 \(data.num_classes=10\)"),
     ],
 )
-def test_inconsistent_files_are_rejected(tmp_path, arguments, message):
+def test_files_that_disagree_with_the_data_config_are_rejected(compose, tmp_path, arguments, message):
     write_idx_split(tmp_path, **arguments)
+    write_idx_split(tmp_path, "test")
+    config = compose(["data.source=idx", f"data.idx_dir={tmp_path}", "data.batch_size=2"])
     with pytest.raises(data.DataError, match=message):
-        data.read_idx_split(tmp_path, "train")
+        data.load_datasets(config.data)
 
 
 def test_missing_folder_and_file(tmp_path):
@@ -84,7 +91,7 @@ def test_real_fashion_mnist(compose, real_data):
     assert datasets.train.images.shape == (60000, 28, 28, 1)
     assert datasets.test.images.shape == (10000, 28, 28, 1)
     assert np.bincount(datasets.test.labels).tolist() == [1000] * 10
-    images, labels = next(iter(datasets.test_batches))
+    images, labels = next(iter(data.make_batches(datasets.test, datasets.batch_size)))
     assert images.dtype.name == "float32" and images.shape == (32, 28, 28, 1)
     assert 0.0 <= float(np.min(images)) and float(np.max(images)) <= 1.0
     assert labels.dtype.name == "int64"
@@ -104,7 +111,7 @@ def test_tfds_path_under_mock_data(compose, tmp_path):
         datasets = data.load_datasets(config.data)
     assert datasets.train.images.shape == (16, 28, 28, 1)
     assert datasets.train.images.dtype == np.uint8
-    images, _ = next(iter(datasets.test_batches))
+    images, _ = next(iter(data.make_batches(datasets.test, datasets.batch_size)))
     assert images.shape == (8, 28, 28, 1) and images.dtype.name == "float32"
 
 

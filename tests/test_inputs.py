@@ -44,8 +44,8 @@ CASES = [
     ("pipeline", ["data.idx_dir={idx:empty}"], r"the train split holds no images \(its IDX header counts 0\); point "
                                                 r"data.idx_dir at a folder of the dataset's four files"),
     ("pipeline", ["data.idx_dir={idx:magic}"], r"magic number 0x00000999 is not IDX images"),
-    ("pipeline", ["data.idx_dir={idx:shape}"], r"images are 32x28, expected 28x28"),
-    ("pipeline", ["data.idx_dir={idx:label}"], r"label 10 is out of range 0\.\.9"),
+    ("pipeline", ["data.idx_dir={idx:shape}"], r"train images are \(32, 28, 1\), data.image_shape says \[28, 28, 1\]"),
+    ("pipeline", ["data.idx_dir={idx:label}"], r"train labels span 1\.\.10, outside 0\.\.9 \(data.num_classes=10\)"),
     ("pipeline", ["data.idx_dir={idx:count}"], r"train split has 4 images but 3 labels"),
     ("pipeline", ["data.idx_dir={idx:cut}"], r"header promises \d+ \(truncated or corrupt\)"),
     ("pipeline", ["data.idx_dir={file}"], r"data.idx_dir=\S+ is a file, not a folder; point data.idx_dir at a folder"),
@@ -125,12 +125,15 @@ def test_bad_input_is_one_line_with_no_run_left_running(tmp_path, store, command
         assert client.search_model_versions() == []
 
 
-def test_the_broken_idx_folders_are_what_their_names_say(tmp_path):
-    """The fixtures above: each folder breaks the reader the way its case says, and a sound one reads."""
+def test_the_broken_idx_folders_are_what_their_names_say(compose, tmp_path):
+    """The fixtures above: each folder breaks loading the way its case says, and a sound one loads."""
     from pipeline.core import data
 
-    sound = data.read_idx_split(write_idx_folder(tmp_path / "sound"), "train")
-    assert sound.images.shape == (4, 28, 28, 1) and np.all(sound.labels == 1)
+    def load(folder):
+        return data.load_datasets(compose(["data.source=idx", f"data.idx_dir={folder}", "data.batch_size=2"]).data)
+
+    sound = load(write_idx_folder(tmp_path / "sound"))
+    assert sound.train.images.shape == (4, 28, 28, 1) and np.all(sound.train.labels == 1)
     for kind, options in BROKEN_IDX.items():
         with pytest.raises(data.DataError):
-            data.read_idx_split(write_idx_folder(tmp_path / kind, **options), "train")
+            load(write_idx_folder(tmp_path / kind, **options))

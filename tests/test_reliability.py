@@ -28,11 +28,14 @@ from pipeline.tracking import store as store_lib
     (["train.learning_rate=0"], "train.learning_rate=0.0 must be positive"),
     (["train.steps_per_call=0"], "train.steps_per_call=0 must be positive"),
     (["train.checkpoint_every_steps=0"], "train.checkpoint_every_steps=0 must be positive"),
+    (["train.memory_budget_mb=-5"], "train.memory_budget_mb=-5.0 must be positive"),
     (["data.batch_size=60001"], "data.batch_size=60001 exceeds the 60000 training examples of mnist"),
     (["data.source=idx"], "data.source=idx needs data.idx_dir"),
     (["stages=[evaluate]"], "stages=['evaluate'] is not a run of stages"),
     (["stages=[train,deploy]"], "stages=['train', 'deploy'] is not a run of stages"),
-    (["data.name=cifar10"], "data.name='cifar10' is not a dataset"),
+    (["data.num_classes=5"], "data.class_names has 10 names for data.num_classes=5; give one name per class"),
+    (["data.image_shape=[28,28]"], "data.image_shape=[28, 28] must be 3 positive ints: [height, width, channels]"),
+    (["data.train.size=0"], "data.train.size=0 must be positive"),
     (["train.jit_compile=always"], "train.jit_compile='always' is not a mode; use auto, false, step, true"),
 ])
 def test_out_of_range_or_conflicting_values_are_named(compose, overrides, message):
@@ -109,16 +112,17 @@ def test_diverging_run_fails_with_reason_and_registers_nothing(tmp_path, store, 
 
 
 def test_a_loss_that_explodes_but_stays_finite_stops_training():
-    check = train.DivergenceCheck(factor=10, learning_rate=3.0)
+    check = train.DivergenceCheck(factor=10, learning_rate=3.0, num_classes=10)
     check.check(np.array([2.4, 2.1, 5.0, 20.0]), first_step=1)  # noisy, but under 10x the start
     with pytest.raises(train.TrainingDivergedError, match=r"loss grew to 1e\+26 at step 7, over 10x its starting "
                                                           r"level 2.4 \(train.divergence_factor\); lower train"):
         check.check(np.array([20.0, 1e26]), first_step=6)
     # A resumed, nearly converged run is held to chance level (ln 10), not to its own low loss.
-    resumed = train.DivergenceCheck(factor=10, learning_rate=1e-3)
+    resumed = train.DivergenceCheck(factor=10, learning_rate=1e-3, num_classes=10)
     resumed.check(np.array([0.05, 0.9, 3.0]), first_step=401)
     assert resumed.start_loss == pytest.approx(np.log(10))
-    train.DivergenceCheck(factor=None, learning_rate=1.0).check(np.array([2.3, 1e30]), first_step=1)  # off
+    unchecked = train.DivergenceCheck(factor=None, learning_rate=1.0, num_classes=10)
+    unchecked.check(np.array([2.3, 1e30]), first_step=1)  # off
 
 
 @pytest.mark.e2e

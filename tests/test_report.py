@@ -1,8 +1,9 @@
 """The sweep report's comparisons, on plain rows (no store needed)."""
 
+import matplotlib
 import pytest
 
-from pipeline.analysis import comparison, summary
+from pipeline.analysis import comparison, memory, plots, summary
 
 
 def test_report_compares_each_job_to_float32_at_its_batch_size_and_rate():
@@ -27,11 +28,13 @@ def test_report_compares_each_job_to_float32_at_its_batch_size_and_rate():
     assert by_run["d"]["speedup_vs_float32"] is None
 
 
-def job(policy, seed, accuracy, examples_per_sec, batch_size=64, status="FINISHED", class_accuracy=None):
+def job(policy, seed, accuracy, examples_per_sec, batch_size=64, status="FINISHED", class_accuracy=None,
+        transient=None):
+    transient = transient or batch_size * (1.0 if policy == "float32" else 0.5 + 0.01 * int(seed))
     return {"run": f"mlp-{policy}-bs{batch_size}", "model": "mlp", "policy": policy, "batch_size": batch_size,
             "learning_rate": 0.001, "seed": str(seed), "jit_compile": "step", "status": status,
             "eval_accuracy": accuracy, "train_examples_per_sec": examples_per_sec, "step_time_ms": 1.0,
-            "peak_memory_mb": 1000.0, "infer_latency_ms_p50": 0.2,
+            "peak_tensor_mb": 50.0 + transient, "step_transient_mb": transient, "infer_latency_ms_p50": 0.2,
             "class_accuracy": class_accuracy or [accuracy] * 10, "train_digest": "abc"}
 
 
@@ -119,3 +122,43 @@ def test_summary_sentences_say_it_in_words():
 def test_speed_words_and_their_interval_point_the_same_way(speedup, low, high, words):
     # A 0.88x mean whose interval spans 0.71..1.10x once read "1.13x slower (0.71..1.10x)".
     assert summary._speed_in_words(speedup, low, high) == words
+
+
+def test_memory_is_tensor_memory_against_float32_in_words_with_its_interval():
+    rows = comparison.compare_to_float32(JOBS)
+    by_configuration = {(row["policy"], row["batch_size"]): row for row in rows}
+    bfloat16 = by_configuration[("mixed_bfloat16", 64)]
+    # Paired by seed: 32.0/64, 32.64/64, 33.28/64 -> mean 0.51x, with a Student-t interval around it.
+    assert bfloat16["step_memory_vs_float32"] == pytest.approx(0.51, abs=1e-3)
+    assert bfloat16["step_memory_low"] < 0.51 < bfloat16["step_memory_high"]
+    assert by_configuration[("float32", 64)]["peak_tensor_mb"] == pytest.approx(114.0)
+    sentences = memory.sentences(rows)
+    assert any(sentence.startswith("mixed_bfloat16 uses 0.51x float32's step memory at batch 64 (step) (95% CI 0.")
+               and sentence.endswith("mlp: tensor peak 82.6 MiB against 114") for sentence in sentences), sentences
+    assert "| peak_tensor_mb | step_memory_vs_float32 | max_batch |" in summary.to_markdown(rows)
+
+
+def test_the_largest_batch_per_policy_in_words_and_in_the_terminal_table():
+    searches = [dict(job(policy, 0, None, None, batch_size=128), max_batch=batch, max_batch_examples_per_sec=rate,
+                     peak_tensor_mb=None, step_transient_mb=None)
+                for policy, batch, rate in (("float32", 1536, 8000.0), ("mixed_bfloat16", 2688, 15600.0))]
+    rows = comparison.compare_to_float32(searches)
+    assert memory.sentences(rows) == ["mixed_bfloat16 fits batch 2,688 (step), 1.75x float32's 1,536, mlp; at those "
+                                      "batches 1.95x the examples per second"]
+    table = summary.compact_table(rows)
+    assert "fits batch" in table.splitlines()[0] and "accuracy" not in table.splitlines()[0]
+    assert "2,688" in table
+
+
+def test_report_plots_tensor_peak_against_batch_size_and_the_estimate_beside_the_measurement(tmp_path):
+    parts = {"parameters": 0.4, "optimizer_slots": 0.8, "weight_copies": 0.2, "gradients": 0.6, "activations": 30.0}
+    jobs = [dict(job(policy, 0, 0.8, 1000.0, batch_size=batch), memory_estimate=parts)
+            for policy in ("float32", "mixed_bfloat16") for batch in (64, 128)]
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    files = memory.plot(pyplot, comparison.compare_to_float32(jobs), tmp_path, plots._save)
+    assert [path.name for path in files] == ["tensor_peak_vs_batch_size.png", "memory_estimate.png"]
+    assert all(path.stat().st_size > 5000 for path in files)
+    assert memory.estimate_of({f"memory/estimate/{part}_mb": value for part, value in parts.items()}) == parts
+    assert memory.estimate_of({"memory/estimate/parameters_mb": 1.0}) is None

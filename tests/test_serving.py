@@ -10,7 +10,7 @@ from pipeline.serving import classifier
 def test_good_images_pass_and_gain_a_channel_axis():
     images = np.random.default_rng(0).random((3, 28, 28), dtype=np.float32)
     for payload in (images, {"image": images}):  # MLflow hands over a named input as a dict
-        checked = classifier.validate_images(payload)
+        checked = classifier.validate_images(payload, (28, 28, 1))
         assert checked.shape == (3, 28, 28, 1) and checked.dtype == np.float32
         np.testing.assert_array_equal(checked[..., 0], images)
 
@@ -25,5 +25,5 @@ def test_good_images_pass_and_gain_a_channel_axis():
 ])
 def test_bad_images_are_rejected_with_the_reason(images, message):
     with pytest.raises(MlflowException, match=message) as error:
-        classifier.validate_images(images)
+        classifier.validate_images(images, (28, 28, 1))
     assert error.value.get_http_status_code() == 400

@@ -96,7 +96,7 @@ def test_parallel_jobs_logging_the_same_dataset_all_link_to_it(tracking_config, 
 
     for round_number in range(rounds):
         split = data.Split(np.full((2, 28, 28, 1), round_number, np.uint8), np.arange(2))
-        datasets = data.Datasets(train=split, test=split, batch_size=2, test_batches=None, name=f"round{round_number}")
+        datasets = data.Datasets(train=split, test=split, batch_size=2, num_classes=10, name=f"round{round_number}")
         barrier = threading.Barrier(jobs)
         threads = [threading.Thread(target=job, args=(barrier, datasets)) for _ in range(jobs)]
         for thread in threads:

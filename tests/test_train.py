@@ -106,23 +106,32 @@ def test_non_finite_loss_stops_training_within_a_call(compose):
 
 def test_tensor_memory_comes_from_the_allocator_and_shows_what_precision_does(compose):
     """The CNN at batch 256 in graph mode: bfloat16 activations are half of float32's, so what a step allocates
-    falls. Compared on the step's own allocation (peak minus what stayed between calls), since whatever
-    earlier code of the process left allocated sits in both peaks alike."""
+    falls. Compared on the step's own allocation (its peak minus what was allocated just before it), since
+    whatever earlier tests left allocated sits in both peaks alike. How these figures agree with an
+    independent reading and with the estimate is checked in fresh processes: tests/test_memory_e2e.py."""
     rng = np.random.default_rng(0)
     split = data.Split(rng.integers(0, 256, (512, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 512))
     figures = {}
     for policy in ("float32", "mixed_bfloat16"):
-        config = compose(["model=cnn", "data.batch_size=256", "train.max_steps=4", "train.steps_per_call=2"])
+        config = compose(["model=cnn", "data.batch_size=256", "train.max_steps=6", "train.steps_per_call=2"])
         built = model.build_model(config.model, policy, seed=0)
-        result = train.train(built, data.Datasets(split, split, 256, None), config.train, policy)
-        figures[policy] = result.metrics()
+        result = train.train(built, data.Datasets(split, split, 256, num_classes=10), config.train, policy)
+        figures[policy] = metrics = result.metrics()
         weights_mb = sum(weight.numpy().nbytes for weight in built.weights) / 2**20
-        assert figures[policy]["train/resident_tensor_mb"] >= weights_mb  # the weights at least, between calls
-        assert figures[policy]["train/step_transient_mb"] > 0
-        assert figures[policy]["train/peak_rss_mb"] > figures[policy]["train/peak_tensor_mb"]
+        assert metrics["train/resident_tensor_mb"] >= weights_mb  # the weights at least, between calls
+        assert metrics["train/split_tensor_mb"] >= split.images.nbytes / 2**20  # the split on the device, apart
+        assert metrics["train/peak_tensor_mb"] >= metrics["train/step_transient_mb"] > 0
+        assert metrics["train/peak_rss_mb"] > metrics["train/peak_tensor_mb"]
+        # The estimate's parts: the float32 weights exactly, Adam's two moments, low-precision copies when mixed.
+        assert metrics["memory/estimate/parameters_mb"] == pytest.approx(weights_mb)
+        assert metrics["memory/estimate/optimizer_slots_mb"] >= 2 * weights_mb
+        assert (metrics["memory/estimate/weight_copies_mb"] > 0) == (policy != "float32")
+        assert metrics["memory/measured_over_estimate"] == pytest.approx(
+            metrics["train/step_transient_mb"] / metrics["memory/estimate/transient_mb"])
     ratio = figures["mixed_bfloat16"]["train/step_transient_mb"] / figures["float32"]["train/step_transient_mb"]
     assert ratio <= 0.75, figures  # 0.48 measured
-    assert figures["mixed_bfloat16"]["train/peak_tensor_mb"] < figures["float32"]["train/peak_tensor_mb"]
+    assert (figures["mixed_bfloat16"]["memory/estimate/activations_mb"]
+            < 0.6 * figures["float32"]["memory/estimate/activations_mb"])
 
 
 @pytest.mark.skipif(not __import__("tensorflow").config.list_physical_devices("GPU"), reason="needs a GPU")

@@ -9,15 +9,17 @@ import csv
 import dataclasses
 import pathlib
 
-from pipeline.analysis import deployment, plots, statistics, summary
+from pipeline.analysis import deployment, memory, plots, statistics, summary
 from pipeline.core import precision
-from pipeline.core.data import NUM_CLASSES
 
 COLUMNS = (
-    "run", "model", "policy", "batch_size", "learning_rate", "jit_compile", "n", "eval_accuracy", "eval_accuracy_std",
+    "run", "model", "parameters", "policy", "batch_size", "learning_rate", "jit_compile", "n", "eval_accuracy",
+    "eval_accuracy_std",
     "delta_accuracy_vs_float32", "delta_accuracy_low", "delta_accuracy_high", "accuracy_verdict",
     "train_examples_per_sec", "train_examples_per_sec_std", "speedup_vs_float32", "speedup_low", "speedup_high",
-    "step_time_ms", "step_time_ms_std", "peak_memory_mb", "peak_memory_mb_std", "infer_latency_ms_p50",
+    "step_time_ms", "step_time_ms_std", "peak_tensor_mb", "peak_tensor_mb_std", "step_transient_mb",
+    "step_memory_vs_float32", "step_memory_low", "step_memory_high", "max_batch", "max_batch_examples_per_sec",
+    "infer_latency_ms_p50",
     "infer_latency_ms_p50_std", "most_changed_class", "most_changed_class_delta", "most_changed_class_low",
     "most_changed_class_high", "status",
 )
@@ -25,9 +27,9 @@ _METRICS = {
     "eval_accuracy": "eval/accuracy",
     "train_examples_per_sec": "train/examples_per_sec",
     "step_time_ms": "train/step_time_ms",
-    "peak_memory_mb": "train/peak_memory_mb",
     "infer_latency_ms_p50": "infer/latency_ms_p50",
-}
+    "parameters": "model/parameters",
+} | memory.METRICS
 
 
 @dataclasses.dataclass
@@ -59,7 +61,8 @@ def make_report(jobs: list, loss_histories: dict[str, list[tuple[int, float]]], 
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     markdown = "\n".join([*(f"**Warning**: {warning}\n" for warning in warnings), summary.to_markdown(rows), "",
-                          *(f"- {sentence}" for sentence in summary.summary_sentences(rows))])
+                          *(f"- {sentence}" for sentence in [*summary.summary_sentences(rows),
+                                                              *memory.sentences(rows)])])
     table = deployment.deployment_rows(job_rows)
     files = []
     if any(row["format"] != "saved_model" for row in table):  # LiteRT formats were exported
@@ -113,18 +116,19 @@ def job_row(job) -> dict:
         # The mode the job trained in (auto's choice): speedups compare each policy at its own best.
         "jit_compile": tags.get("train.jit_compile_chosen", params.get("train.jit_compile")),
         "status": job.info.status,
-        "class_accuracy": [metrics.get(f"eval/accuracy_class_{label}") for label in range(NUM_CLASSES)],
+        "class_accuracy": [metrics.get(f"eval/accuracy_class_{label}") for label in range(_class_count(metrics))],
         "train_digest": next((entry.dataset.digest for entry in getattr(job.inputs, "dataset_inputs", None) or []
                               if any(tag.value == "training" for tag in entry.tags)), None),
     }
     row.update({column: metrics.get(name) for column, name in _METRICS.items()})
+    row["memory_estimate"] = memory.estimate_of(metrics)
     formats = sorted({name.split("/")[1] for name in metrics if name.startswith("infer/litert_")})
     row["deployment"] = {export_format: {figure: metrics.get(f"{prefix}/{figure}") for figure in deployment.FIGURES}
                          for export_format, prefix in [("saved_model", "infer")] + [(name, f"infer/{name}")
                                                                                     for name in formats]}
     if job.info.status != "FINISHED":  # a half-finished job's figures would mislead
-        row.update({column: None for column in _METRICS} | {"class_accuracy": [None] * NUM_CLASSES,
-                                                             "deployment": {}})
+        row.update({column: None for column in _METRICS} | {"class_accuracy": [None] * len(row["class_accuracy"]),
+                                                             "deployment": {}, "memory_estimate": None})
     return row
 
 
@@ -166,11 +170,15 @@ def _configuration_row(jobs: list[dict], pairs: list[tuple[dict, dict]]) -> dict
                                                partner.get("train_examples_per_sec")) for job, partner in pairs)
     _put(row, "delta_accuracy_vs_float32", "delta_accuracy", delta)
     _put(row, "speedup_vs_float32", "speedup", speedup)
+    _put(row, "step_memory_vs_float32", "step_memory", statistics.ratio_interval(
+        _ratio(job.get("step_transient_mb"), partner.get("step_transient_mb")) for job, partner in pairs))
+    row["memory_estimate"] = first.get("memory_estimate")
     compared = not precision.is_reference(first["policy"])
     row["accuracy_verdict"] = statistics.accuracy_verdict(delta) if compared else None
+    class_count = max((len(job.get("class_accuracy") or []) for job in jobs), default=0)
     row["class_deltas"] = [statistics.mean_interval(_difference(_class_accuracy(job, label),
                                                                 _class_accuracy(partner, label))
-                                                    for job, partner in pairs) for label in range(NUM_CLASSES)]
+                                                    for job, partner in pairs) for label in range(class_count)]
     changed = [(label, estimate) for label, estimate in enumerate(row["class_deltas"]) if estimate is not None]
     if changed and compared:
         label, estimate = max(changed, key=lambda item: abs(item[1].mean))
@@ -180,7 +188,13 @@ def _configuration_row(jobs: list[dict], pairs: list[tuple[dict, dict]]) -> dict
 
 
 def _class_accuracy(job: dict, label: int) -> float | None:
-    return (job.get("class_accuracy") or [None] * NUM_CLASSES)[label]
+    accuracies = job.get("class_accuracy") or []
+    return accuracies[label] if label < len(accuracies) else None
+
+
+def _class_count(metrics: dict) -> int:
+    """The classes a job evaluated: its eval/accuracy_class_<k> metrics (as many as its dataset has)."""
+    return sum(1 for name in metrics if name.startswith("eval/accuracy_class_"))
 
 
 def _put(row: dict, column: str, prefix: str, estimate) -> None:

@@ -2,12 +2,12 @@
 
 import pathlib
 
+from pipeline.analysis import memory
 from pipeline.core import precision
-from pipeline.core.data import NUM_CLASSES
 
 
 def plot(rows: list[dict], loss_curves: dict[str, list[tuple[int, float]]], output_dir: pathlib.Path):
-    """Throughput and memory against batch size per policy, accuracy per configuration, per-class
+    """Throughput and tensor memory against batch size per policy, accuracy per configuration, per-class
     accuracy change against float32, loss curves; returns the files."""
     import matplotlib
 
@@ -19,7 +19,6 @@ def plot(rows: list[dict], loss_curves: dict[str, list[tuple[int, float]]], outp
     paths = []
     for metric, label, file_name in (
         ("train_examples_per_sec", "train examples/s", "examples_per_sec_vs_batch_size.png"),
-        ("peak_memory_mb", "peak memory (MiB)", "peak_memory_vs_batch_size.png"),
     ):
         figure, axes = pyplot.subplots(figsize=(7, 4.5))
         for model, policy in series:
@@ -43,7 +42,7 @@ def plot(rows: list[dict], loss_curves: dict[str, list[tuple[int, float]]], outp
             axes.plot(*zip(*sorted(points)), label=run_name)
     axes.set(xlabel="step", ylabel="train/loss", yscale="log", title="training loss")
     paths.append(_save(figure, axes, output_dir / "loss_curves.png"))
-    return paths
+    return paths + memory.plot(pyplot, rows, output_dir, _save)
 
 
 def _plot_class_deltas(pyplot, rows: list[dict], path: pathlib.Path) -> pathlib.Path:
@@ -59,7 +58,8 @@ def _plot_class_deltas(pyplot, rows: list[dict], path: pathlib.Path) -> pathlib.
         axes.bar(labels, [estimate.mean for _, estimate in estimates], width, yerr=errors, capsize=2,
                  label=f"{row['model']} {row['policy']} bs{row['batch_size']} (n={row['n']})")
     axes.axhline(0, color="black", linewidth=0.8)
-    axes.set(xlabel="class", ylabel="Δ accuracy vs float32", xticks=range(NUM_CLASSES),
+    axes.set(xlabel="class", ylabel="Δ accuracy vs float32", xticks=range(max((len(row["class_deltas"])
+                                                                             for row in compared), default=0)),
              title="per-class accuracy change against float32 (mean, 95% CI)")
     return _save(figure, axes, path)
 

@@ -7,7 +7,9 @@ CONFIGURATION = ("model", "policy", "batch_size", "learning_rate")  # what a row
 
 _FORMATS = {
     "eval_accuracy": "{:.4f}", "delta_accuracy_vs_float32": "{:+.4f}", "train_examples_per_sec": "{:,.0f}",
-    "speedup_vs_float32": "{:.2f}x", "step_time_ms": "{:.2f}", "peak_memory_mb": "{:,.0f}",
+    "speedup_vs_float32": "{:.2f}x", "step_time_ms": "{:.2f}", "peak_tensor_mb": "{:,.1f}",
+    "step_transient_mb": "{:,.1f}", "step_memory_vs_float32": "{:.2f}x", "max_batch": "{:,.0f}",
+    "max_batch_examples_per_sec": "{:,.0f}", "parameters": "{:,.0f}",
     "infer_latency_ms_p50": "{:.3f}", "learning_rate": "{:.3g}", "most_changed_class_delta": "{:+.4f}",
 }
 
@@ -43,9 +45,10 @@ def _speed_in_words(speedup: float, low: float | None, high: float | None) -> st
     return f"{1 / speedup:.2f}x slower (95% CI {1 / high:.2f}..{1 / low:.2f}x slower)"
 
 
-_MARKDOWN = ("run", "model", "policy", "batch_size", "learning_rate", "jit_compile", "n", "eval_accuracy",
+_MARKDOWN = ("run", "model", "parameters", "policy", "batch_size", "learning_rate", "jit_compile", "n", "eval_accuracy",
              "delta_accuracy_vs_float32", "accuracy_verdict", "train_examples_per_sec", "speedup_vs_float32",
-             "step_time_ms", "peak_memory_mb", "infer_latency_ms_p50", "most_changed_class", "status")
+             "step_time_ms", "peak_tensor_mb", "step_memory_vs_float32", "max_batch", "infer_latency_ms_p50",
+             "most_changed_class", "status")
 
 
 def to_markdown(rows: list[dict]) -> str:
@@ -61,7 +64,8 @@ def cell(row: dict, column: str) -> str:
     text = _format(column, row.get(column))
     if row.get(f"{column}_std") is not None:
         text += f" ± {_format(column, row[f'{column}_std']).lstrip('+')}"
-    interval = {"delta_accuracy_vs_float32": "delta_accuracy", "speedup_vs_float32": "speedup"}.get(column)
+    interval = {"delta_accuracy_vs_float32": "delta_accuracy", "speedup_vs_float32": "speedup",
+                "step_memory_vs_float32": "step_memory"}.get(column)
     if interval and row.get(f"{interval}_low") is not None:
         text += f" ({_format(column, row[f'{interval}_low'])}..{_format(column, row[f'{interval}_high'])})"
     if column == "most_changed_class" and row.get(column) is not None:
@@ -75,15 +79,23 @@ def cell(row: dict, column: str) -> str:
 def compact_table(rows: list[dict]) -> str:
     """The terminal's table: the settings that differ between rows first, then the headline figures."""
     settings = [column for column in CONFIGURATION if len({row[column] for row in rows}) > 1] or ["policy"]
+    if "model" in settings and any(row.get("parameters") for row in rows):  # a model-size sweep: say the sizes
+        settings.insert(settings.index("model") + 1, "parameters")
     columns = [*settings, "jit_compile"]
     if any(row["n"] > 1 for row in rows):
         columns.append("n")
-    columns += ["eval_accuracy", "delta_accuracy_vs_float32", "train_examples_per_sec", "speedup_vs_float32"]
+    measured = [column for column in ("eval_accuracy", "delta_accuracy_vs_float32", "train_examples_per_sec",
+                                      "speedup_vs_float32", "peak_tensor_mb", "step_memory_vs_float32", "max_batch",
+                                      "max_batch_examples_per_sec") if any(row.get(column) is not None for row in rows)]
+    columns += measured or ["eval_accuracy"]
     if any(row["status"] != "FINISHED" for row in rows):
         columns.append("status")
     headers = {"batch_size": "batch", "learning_rate": "lr", "eval_accuracy": "accuracy",
                "delta_accuracy_vs_float32": "Δacc vs float32", "train_examples_per_sec": "examples/s",
-               "speedup_vs_float32": "speedup", "jit_compile": "jit"}
+               "speedup_vs_float32": "speedup", "jit_compile": "jit", "peak_tensor_mb": "tensor MiB",
+               "parameters": "params",
+               "step_memory_vs_float32": "step memory", "max_batch": "fits batch",
+               "max_batch_examples_per_sec": "examples/s there"}
     cells = [[headers.get(column, column) for column in columns]]
     cells += [[cell(row, column) for column in columns] for row in rows]
     widths = [max(len(line[index]) for line in cells) for index in range(len(columns))]

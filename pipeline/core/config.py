@@ -21,8 +21,6 @@ from pipeline import PipelineError
 from pipeline.core import input_checks, precision
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[2] / "conf"
-# Examples in each split, for checking batch sizes before any data is read.
-SPLIT_SIZES = {"mnist": {"train": 60000, "test": 10000}, "fashion_mnist": {"train": 60000, "test": 10000}}
 STAGES = ("train", "evaluate", "export", "infer")
 
 
@@ -83,25 +81,55 @@ class PrecisionConfig:
 
 
 @dataclasses.dataclass
+class SplitConfig:
+    name: str = MISSING
+    size: int = MISSING
+    idx_images: str | None = None
+    idx_labels: str | None = None
+
+
+@dataclasses.dataclass
 class DataConfig:
     name: str = MISSING
     source: DataSource = MISSING
     tfds_data_dir: str | None = MISSING
     idx_dir: str | None = MISSING
     batch_size: int = MISSING
+    image_shape: list[int] = MISSING
+    num_classes: int = MISSING
+    class_names: list[str] = MISSING
+    train: SplitConfig = MISSING
+    test: SplitConfig = MISSING
 
 
 @dataclasses.dataclass
-class MlpConfig:
+class ModelConfig:
+    """What every model file has: its builder, its name in runs and reports, and the data's shape, which
+    each file interpolates from data (the builder is called with both, then with the file's other keys)."""
+
     _target_: str = MISSING
     name: str = MISSING
+    input_shape: list[int] = MISSING
+    num_classes: int = MISSING
+
+
+@dataclasses.dataclass
+class MlpConfig(ModelConfig):
     hidden_units: int = MISSING
 
 
 @dataclasses.dataclass
-class CnnConfig:
-    _target_: str = MISSING
-    name: str = MISSING
+class VitConfig(ModelConfig):
+    patch_size: int = MISSING
+    width: int = MISSING
+    depth: int = MISSING
+    heads: int = MISSING
+    mlp_ratio: float = MISSING
+    dropout: float = MISSING
+
+
+@dataclasses.dataclass
+class CnnConfig(ModelConfig):
     filters: list[int] = MISSING
     dense_units: int = MISSING
 
@@ -122,6 +150,7 @@ class TrainConfig:
     checkpoint_every_steps: int | None = MISSING
     checkpoint_dir: str = MISSING
     resume: str | None = MISSING
+    memory_budget_mb: float | None = None
 
 
 @dataclasses.dataclass
@@ -170,6 +199,7 @@ def register_schemas() -> None:
         ("data", DataConfig),
         ("mlp", MlpConfig),
         ("cnn", CnnConfig),
+        ("vit", VitConfig),
         ("train", TrainConfig),
         ("export", ExportConfig),
         ("infer", InferConfig),
@@ -217,12 +247,11 @@ def validate(config, in_sweep: bool = False) -> None:
                       "infer.throughput_runs")
     if config.get("repeats", 1) < 1:
         raise ConfigError(f"repeats={config.repeats} must be positive")
-    for optional_key in ("max_steps", "checkpoint_every_steps", "divergence_factor"):
+    for optional_key in ("max_steps", "checkpoint_every_steps", "divergence_factor", "memory_budget_mb"):
         if config.train[optional_key] is not None:
             _require_positive(config, f"train.{optional_key}")
-    if config.data.name not in SPLIT_SIZES:
-        raise ConfigError(f"data.name={config.data.name!r} is not a dataset; use one of {', '.join(SPLIT_SIZES)}")
-    train_size = SPLIT_SIZES[config.data.name]["train"]
+    _check_data_shape(config.data)
+    train_size = config.data.train.size
     if config.data.batch_size > train_size:
         raise ConfigError(f"data.batch_size={config.data.batch_size} exceeds the {train_size} training examples "
                           f"of {config.data.name}; use at most {train_size}")
@@ -275,6 +304,21 @@ def _validate_distribute(config, jit_compile: JitCompile, in_sweep: bool) -> Non
     if config.train.resume:
         raise ConfigError(f"train.resume={config.train.resume} is not supported with distribute=multi_worker "
                           "(workers keep no checkpoints of their own); rerun the job from the start")
+
+
+def _check_data_shape(data_config) -> None:
+    """What conf/data/<name>.yaml says of its images and classes must hold together."""
+    shape = list(data_config.image_shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ConfigError(f"data.image_shape={shape} must be 3 positive ints: [height, width, channels]")
+    if data_config.num_classes < 2:
+        raise ConfigError(f"data.num_classes={data_config.num_classes} must be at least 2")
+    if len(data_config.class_names) != data_config.num_classes:
+        raise ConfigError(f"data.class_names has {len(data_config.class_names)} names for data.num_classes="
+                          f"{data_config.num_classes}; give one name per class")
+    for split in ("train", "test"):
+        if data_config[split].size < 1:
+            raise ConfigError(f"data.{split}.size={data_config[split].size} must be positive: the split's examples")
 
 
 def _require_positive(config, *keys: str) -> None:

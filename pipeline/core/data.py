@@ -1,4 +1,8 @@
-"""The data: MNIST-style splits from TFDS or from a folder of IDX files, and the tf.data pipeline."""
+"""The data: image classification splits from TFDS or from a folder of IDX files, and the tf.data pipeline.
+
+What a dataset is (its image shape, classes, split names and sizes) is read from its conf/data YAML
+file, never assumed here: another image dataset is one such file.
+"""
 
 import dataclasses
 import functools
@@ -17,13 +21,14 @@ from pipeline import PipelineError
 if typing.TYPE_CHECKING:  # the served model imports this module; it needs no Hydra
     from pipeline.core.config import DataConfig
 
-NUM_CLASSES = 10
-IMAGE_SHAPE = (28, 28, 1)
-SPLIT_FILES = {
+# The names of the original MNIST release's IDX files (Fashion-MNIST's too): read_idx_split's default.
+MNIST_IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-_IDX_MAGIC = {"images": 0x00000803, "labels": 0x00000801}
+# IDX magic numbers of unsigned bytes: labels (1 dimension), grey images (3: count, rows, columns) and
+# images with channels (4: count, rows, columns, channels).
+_IDX_MAGIC = {"labels": (0x00000801,), "images": (0x00000803, 0x00000804)}
 
 
 class DataError(PipelineError):
@@ -32,7 +37,7 @@ class DataError(PipelineError):
 
 @dataclasses.dataclass
 class Split:
-    """One split in memory: uint8 images (N, 28, 28, 1) and int64 labels (N,)."""
+    """One split in memory: uint8 images (N, height, width, channels) and int64 labels (N,)."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -51,15 +56,18 @@ class Split:
 
 @dataclasses.dataclass
 class Datasets:
-    """What the other stages need: the raw splits, the batch size, the test split's tf.data pipeline.
+    """What the other stages need: the raw splits, the batch size and the classes.
 
     Training reads `train` directly: it fits on any device, so it is held there as one tensor.
+    Evaluation makes its tf.data pipeline when it runs (make_batches), so no test tensors sit in the
+    allocator while training is measured.
     """
 
     train: Split
     test: Split
     batch_size: int
-    test_batches: object  # tf.data.Dataset of (float32 images, int64 labels)
+    num_classes: int
+    class_names: list[str] | None = None  # None: the labels' numbers
     name: str = "unnamed"  # data.name
     source: str = ""  # where the splits were read: the IDX folder, or TFDS's prepared <data_dir>/<name>/<version>
 
@@ -73,7 +81,8 @@ def load_datasets(data_config: "DataConfig") -> Datasets:
     The splits read last are kept: the jobs of a sweep in one process read the dataset once (about
     a second saved per job), and memory holds one dataset however many jobs run.
     """
-    key = (str(data_config.source), data_config.name, data_config.tfds_data_dir, data_config.idx_dir)
+    key = (str(data_config.source), data_config.name, data_config.tfds_data_dir, data_config.idx_dir,
+           *(tuple(data_config[split].values()) for split in ("train", "test")))
     if key not in _last_read:
         _last_read.clear()
         _last_read[key] = _read_splits(data_config)
@@ -83,6 +92,7 @@ def load_datasets(data_config: "DataConfig") -> Datasets:
         if not len(split.labels):
             raise DataError(f"data.name={data_config.name} from {source}: the {name} split holds no examples; point "
                             "data.tfds_data_dir (or data.idx_dir) at a prepared copy of the dataset")
+        _check_split(split, name, data_config, source)
     if data_config.batch_size > len(train.labels):
         raise DataError(
             f"data.batch_size={data_config.batch_size} exceeds the {len(train.labels)} training examples; "
@@ -92,19 +102,35 @@ def load_datasets(data_config: "DataConfig") -> Datasets:
         train=train,
         test=test,
         batch_size=data_config.batch_size,
-        test_batches=make_batches(test, data_config.batch_size),
+        num_classes=data_config.num_classes,
+        class_names=list(data_config.class_names),
         name=data_config.name,
         source=source,
     )
 
 
+def _check_split(split: Split, name: str, data_config: "DataConfig", source: str) -> None:
+    """The split's images and labels must be what the data config says: the model is built from it."""
+    expected = tuple(data_config.image_shape)
+    if split.images.shape[1:] != expected:
+        raise DataError(f"data.name={data_config.name} from {source}: {name} images are {split.images.shape[1:]}, "
+                        f"data.image_shape says {list(expected)}; set data.image_shape to the images' shape")
+    if split.labels.size and not 0 <= split.labels.min() <= split.labels.max() < data_config.num_classes:
+        raise DataError(f"data.name={data_config.name} from {source}: {name} labels span {split.labels.min()}.."
+                        f"{split.labels.max()}, outside 0..{data_config.num_classes - 1} (data.num_classes="
+                        f"{data_config.num_classes}); set data.num_classes and data.class_names to the dataset's")
+
+
 def _read_splits(data_config: "DataConfig") -> tuple[dict[str, Split], str]:
     if data_config.source == "tfds":
-        return _read_tfds(data_config.name, data_config.tfds_data_dir)
+        return _read_tfds(data_config.name, data_config.tfds_data_dir,
+                          {split: data_config[split].name for split in ("train", "test")})
     if data_config.source == "idx":
         if not data_config.idx_dir:
             raise DataError("data.idx_dir is not set; pass data.idx_dir=<folder with the 4 IDX files>")
-        splits = {split: read_idx_split(data_config.idx_dir, split) for split in SPLIT_FILES}
+        splits = {split: read_idx_split(data_config.idx_dir, split, (data_config[split].idx_images,
+                                                                     data_config[split].idx_labels))
+                  for split in ("train", "test")}
         return splits, str(pathlib.Path(data_config.idx_dir).resolve())
     raise DataError(f"data.source={data_config.source!r} is not a source; use tfds or idx")
 
@@ -125,15 +151,21 @@ def normalize(images):
     return tf.cast(images, tf.float32) / 255.0
 
 
-def read_idx_split(folder, split: str) -> Split:
-    """Reads one split's image and label IDX files (gzipped or not) and checks they agree."""
+def read_idx_split(folder, split: str, files: tuple[str | None, str | None] | None = None) -> Split:
+    """Reads one split's image and label IDX files (gzipped or not) and checks they agree.
+
+    Args:
+        folder: the folder holding the files.
+        split: train or test: names the files when `files` does not.
+        files: the image and label files' names (without .gz); MNIST's own names where None.
+    """
     folder = pathlib.Path(folder)
     if not folder.is_dir():
         raise DataError(
             f"data.idx_dir={str(folder)!r} is not a folder; for Fashion-MNIST run "
             "`apt-get install -y dataset-fashion-mnist` (files in /usr/share/datasets/fashion-mnist)"
         )
-    image_stem, label_stem = SPLIT_FILES[split]
+    image_stem, label_stem = [given or default for given, default in zip(files or (None, None), MNIST_IDX_FILES[split])]
     images = read_idx(_find_idx_file(folder, image_stem), kind="images")
     labels = read_idx(_find_idx_file(folder, label_stem), kind="labels")
     if len(images) != len(labels):
@@ -141,33 +173,32 @@ def read_idx_split(folder, split: str) -> Split:
     if len(images) == 0:
         raise DataError(f"{folder}: the {split} split holds no images (its IDX header counts 0); point data.idx_dir "
                         "at a folder of the dataset's four files")
-    return Split(images=images.reshape((-1, *IMAGE_SHAPE)), labels=labels.astype(np.int64))
+    if images.ndim == 3:  # grey images: one channel
+        images = images[..., None]
+    return Split(images=images, labels=labels.astype(np.int64))
 
 
 def read_idx(path: pathlib.Path, kind: str) -> np.ndarray:
-    """Parses one IDX file, validating magic number, shape, size and (for labels) the value range."""
+    """Parses one IDX file of unsigned bytes, validating its magic number, shape and size."""
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError, gzip.BadGzipFile) as error:
         raise DataError(f"{path}: cannot read ({error}); re-download or reinstall the file") from error
     if len(raw) < 8:
         raise DataError(f"{path}: {len(raw)} bytes is too short for an IDX header")
-    magic, count = struct.unpack(">II", raw[:8])
-    if magic != _IDX_MAGIC[kind]:
-        raise DataError(f"{path}: magic number {magic:#010x} is not IDX {kind} ({_IDX_MAGIC[kind]:#010x})")
-    header_size, shape = 8, (count,)
-    if kind == "images":
-        rows, columns = struct.unpack(">II", raw[8:16])
-        header_size, shape = 16, (count, rows, columns)
-        if (rows, columns) != IMAGE_SHAPE[:2]:
-            raise DataError(f"{path}: images are {rows}x{columns}, expected 28x28")
+    (magic,) = struct.unpack(">I", raw[:4])
+    if magic not in _IDX_MAGIC[kind]:
+        expected = " or ".join(f"{number:#010x}" for number in _IDX_MAGIC[kind])
+        raise DataError(f"{path}: magic number {magic:#010x} is not IDX {kind} ({expected})")
+    dimensions = magic & 0xFF
+    header_size = 4 + 4 * dimensions
+    if len(raw) < header_size:
+        raise DataError(f"{path}: {len(raw)} bytes is too short for an IDX header of {dimensions} dimensions")
+    shape = struct.unpack(f">{dimensions}I", raw[4:header_size])
     expected_size = header_size + int(np.prod(shape))
     if len(raw) != expected_size:
         raise DataError(f"{path}: {len(raw)} bytes, header promises {expected_size} (truncated or corrupt)")
-    values = np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(shape)
-    if kind == "labels" and values.size and values.max() >= NUM_CLASSES:
-        raise DataError(f"{path}: label {values.max()} is out of range 0..{NUM_CLASSES - 1}")
-    return values
+    return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(shape)
 
 
 def _find_idx_file(folder: pathlib.Path, stem: str) -> pathlib.Path:
@@ -177,16 +208,16 @@ def _find_idx_file(folder: pathlib.Path, stem: str) -> pathlib.Path:
     raise DataError(f"{folder}: missing {stem} (or {stem}.gz)")
 
 
-def _read_tfds(name: str, data_dir: str | None) -> tuple[dict[str, Split], str]:
+def _read_tfds(name: str, data_dir: str | None, split_names: dict[str, str]) -> tuple[dict[str, Split], str]:
     import tensorflow_datasets as tfds
 
-    load_arguments = dict(split=list(SPLIT_FILES), data_dir=data_dir, as_supervised=True)
+    load_arguments = dict(split=list(split_names.values()), data_dir=data_dir, as_supervised=True)
     try:
         arrays = tfds.load(name, download=False, **load_arguments)
     except AssertionError:  # TFDS's way of saying the dataset is not prepared in data_dir yet
         _check_downloadable(tfds.builder(name, data_dir=data_dir))
         arrays = tfds.load(name, **load_arguments)
-    splits = {split: _to_split(dataset) for split, dataset in zip(SPLIT_FILES, arrays)}
+    splits = {split: _to_split(dataset) for split, dataset in zip(split_names, arrays)}
     return splits, str(tfds.builder(name, data_dir=data_dir).data_dir)  # <data_dir>/<name>/<version>
 
 
@@ -194,8 +225,10 @@ def _to_split(dataset) -> Split:
     # Chunks of 10k rather than TFDS's batch_size=-1, which aborts the process under mock_data.
     chunks = list(dataset.batch(10_000).as_numpy_iterator())
     if not chunks:  # an empty split: load_datasets names it
-        return Split(images=np.zeros((0, *IMAGE_SHAPE), np.uint8), labels=np.zeros(0, np.int64))
+        return Split(images=np.zeros((0, 1, 1, 1), np.uint8), labels=np.zeros(0, np.int64))
     images = np.concatenate([images for images, _ in chunks]).astype(np.uint8)
+    if images.ndim == 3:  # a TFDS dataset of grey images without a channel axis
+        images = images[..., None]
     labels = np.concatenate([labels for _, labels in chunks]).astype(np.int64)
     return Split(images=images, labels=labels)
 
@@ -206,7 +239,7 @@ def _check_downloadable(builder) -> None:
     Offline, TFDS would otherwise retry its download for minutes before giving up.
     """
     manual_dir = pathlib.Path(builder.data_dir_root) / "downloads" / "manual"
-    file_names = [f"{stem}.gz" for stems in SPLIT_FILES.values() for stem in stems]
+    file_names = [f"{stem}.gz" for stems in MNIST_IDX_FILES.values() for stem in stems]
     if all((manual_dir / file_name).exists() for file_name in file_names):
         return
     url = urllib.parse.urlparse(getattr(builder, "URL", "https://storage.googleapis.com"))

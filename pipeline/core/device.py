@@ -78,8 +78,19 @@ def tensor_device() -> str:
     return "GPU:0" if tf.config.list_physical_devices("GPU") else "CPU:0"
 
 
-def reset_tensor_peak(device: str) -> None:
-    tf.config.experimental.reset_memory_stats(device)
+def tensor_devices(strategy=None) -> list[str]:
+    """The allocators a job's tensors use: each GPU of its strategy (each has its own), else tensor_device().
+    Logical CPU devices share the process's one CPU allocator, so a CPU strategy counts once."""
+    if strategy is not None and tf.config.list_physical_devices("GPU"):
+        gpus = [name.split("device:")[-1] for name in strategy.extended.worker_devices if "GPU" in name.upper()]
+        if gpus:
+            return gpus
+    return [tensor_device()]
+
+
+def reset_tensor_peak(*devices: str) -> None:
+    for name in devices:
+        tf.config.experimental.reset_memory_stats(name)
 
 
 def tensor_memory_mb(device: str) -> tuple[float, float]:

@@ -24,6 +24,7 @@ class Runner:
             self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
             self.interpreter.allocate_tensors()
         self.input_index = self.interpreter.get_input_details()[0]["index"]
+        self.input_shape = tuple(self.interpreter.get_input_details()[0]["shape"])  # (batch, height, width, channels)
         self.output_index = self.interpreter.get_output_details()[0]["index"]
         self.batch_size = None
 

@@ -17,7 +17,7 @@ import tensorflow as tf
 from pipeline import PipelineError, console
 from pipeline.core import data, files, precision
 from pipeline.core import model as model_lib
-from pipeline.core.config import CnnConfig, ExportConfig, ExportFormat, MlpConfig
+from pipeline.core.config import ExportConfig, ExportFormat
 from pipeline.serving import litert
 
 
@@ -40,7 +40,7 @@ class ExportResult:
     litert_files: dict[str, pathlib.Path] = dataclasses.field(default_factory=dict)
 
 
-def export(trained: keras.Model, export_config: ExportConfig, model_config: MlpConfig | CnnConfig,
+def export(trained: keras.Model, export_config: ExportConfig, model_config,
            training_policy: str, seed: int, distributed: bool = False,
            calibration_split: data.Split | None = None) -> ExportResult:
     """Writes the serving model as a SavedModel under <export.dir>/saved_model, and each LiteRT format
@@ -53,7 +53,7 @@ def export(trained: keras.Model, export_config: ExportConfig, model_config: MlpC
     A model trained under a tf.distribute strategy (`distributed`) is rebuilt the same way, so
     the SavedModel holds plain variables rather than one copy per replica.
 
-    The `serve` endpoint takes float32 images (batch, 28, 28, 1) scaled to [0, 1] and returns
+    The `serve` endpoint takes float32 images (batch, *data.image_shape) scaled to [0, 1] and returns
     float32 logits (batch, 10).
 
     Args:
@@ -91,7 +91,7 @@ def convert(saved_model_dir: pathlib.Path, export_format: ExportFormat, calibrat
     """Writes the float32 SavedModel at `saved_model_dir` as `export_format` to `path`.
 
     Args:
-        saved_model_dir: a float32 SavedModel whose `serve` takes float32 images (batch, 28, 28, 1).
+        saved_model_dir: a float32 SavedModel whose `serve` takes float32 images (batch, *data.image_shape).
         export_format: one of the litert_* formats.
         calibration_images: float32 images in [0, 1] that set full int8's activation ranges.
         path: the .tflite file to write.

@@ -7,6 +7,7 @@ call, not once a step.
 """
 
 import dataclasses
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -17,13 +18,14 @@ import numpy as np
 from pipeline import PipelineError
 from pipeline.core import data, device, distribute
 from pipeline.core.config import JitCompile, TrainConfig, jit_mode
-from pipeline.training import batch_order, compile_mode, steps
+from pipeline.training import batch_order, compile_mode, memory, steps
 
 # Receives a metric name and its (step, value) points; the entry point passes one that logs to
 # MLflow, tests pass a list's append or nothing.
 MetricSink = Callable[[str, list[tuple[int, float]]], None]
 # Receives (step, total steps, epoch, loss, examples/s) after every compiled call: live progress.
 ProgressSink = Callable[[int, int, int, float, float | None], None]
+logger = logging.getLogger("pipeline")
 _FLUSH_SECONDS = 30  # longest a train/loss point waits before it is logged
 
 
@@ -37,13 +39,13 @@ class DivergenceCheck:
     starting level: the first step's loss in this process, and at least chance (ln of the class count),
     so a resumed, nearly converged run is not held to its own low level."""
 
-    def __init__(self, factor: float | None, learning_rate: float) -> None:
-        self.factor, self.learning_rate, self.start_loss = factor, learning_rate, None
+    def __init__(self, factor: float | None, learning_rate: float, num_classes: int) -> None:
+        self.factor, self.learning_rate, self.num_classes, self.start_loss = factor, learning_rate, num_classes, None
 
     def check(self, losses: np.ndarray, first_step: int) -> None:
         """Raises TrainingDivergedError naming the step; `losses` are steps first_step, first_step+1, ..."""
         if self.start_loss is None and np.isfinite(losses[0]):
-            self.start_loss = max(float(losses[0]), math.log(data.NUM_CLASSES))
+            self.start_loss = max(float(losses[0]), math.log(self.num_classes))
         fix = f"lower train.learning_rate (now {self.learning_rate})"
         if not np.isfinite(losses).all():
             bad = int(np.argmin(np.isfinite(losses)))
@@ -74,8 +76,12 @@ class TrainResult:
     skipped_steps: int = 0
     loss_scale: float | None = None
     peak_rss_mb: float | None = None  # the process's own peak, whatever the device
-    peak_tensor_mb: float | None = None  # TensorFlow's allocator over the training calls
-    resident_tensor_mb: float | None = None  # allocated between calls: weights, optimizer state, the split
+    peak_tensor_mb: float | None = None  # TensorFlow's allocator over the timed training calls, the split left out
+    resident_tensor_mb: float | None = None  # allocated between calls: weights, optimizer and loss-scale state
+    step_transient_mb: float | None = None  # what a timed call allocated over what was there before it (median)
+    split_tensor_mb: float | None = None  # the device-resident training split, left out of the two figures above
+    peak_tensor_mb_per_device: dict[str, float] = dataclasses.field(default_factory=dict)  # several GPUs only
+    memory_estimate: memory.Estimate | None = None  # where the step's memory goes, from shapes and dtypes
 
     def metrics(self) -> dict[str, float]:
         """The summary metrics under their MLflow names (train/loss is logged as a history)."""
@@ -87,11 +93,17 @@ class TrainResult:
             "train/examples_per_sec": self.examples_per_sec,
             "train/peak_memory_mb": self.peak_memory_mb,
             "train/warmup_seconds": self.warmup_seconds,
+            "model/parameters": self.model.count_params(),
         }
         if self.peak_tensor_mb is not None:
             metrics |= {"train/peak_tensor_mb": self.peak_tensor_mb,
                         "train/resident_tensor_mb": self.resident_tensor_mb,
-                        "train/step_transient_mb": self.peak_tensor_mb - self.resident_tensor_mb}
+                        "train/step_transient_mb": self.step_transient_mb,
+                        "train/split_tensor_mb": self.split_tensor_mb}
+            metrics |= {f"train/peak_tensor_mb/{name.replace(':', '_')}": value
+                        for name, value in self.peak_tensor_mb_per_device.items()}
+            if self.memory_estimate:
+                metrics |= self.memory_estimate.metrics(self.step_transient_mb)
         if self.peak_rss_mb is not None:
             metrics["train/peak_rss_mb"] = self.peak_rss_mb
         if self.loss_scale is not None:
@@ -132,8 +144,12 @@ def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig
                                    train_config.seed)
     total_steps = min(train_config.epochs * order.steps_per_epoch, train_config.max_steps or math.inf)
     calls = calls or steps.Calls(model, optimizer, strategy)
+    tensor_devices = device.tensor_devices(strategy)
+    before_split = {name: device.tensor_memory_mb(name)[0] for name in tensor_devices}
     split_on_device = steps.device_split(datasets.train, strategy)  # one copy, shared by the probe's calls
-    choice = _choose_jit_mode(calls, split_on_device, train_config, policy, order, start_step)
+    # What the allocator gave the split (more than its bytes: it rounds a large request up to its region).
+    split_mb = {name: device.tensor_memory_mb(name)[0] - before_split[name] for name in tensor_devices}
+    choice = _choose_jit_mode(calls, split_on_device, train_config, policy, order, start_step, tensor_devices)
     for probed in choice.step_ms if choice.source == "probe" else ():
         calls.compiled[JitCompile(probed)].add((choice.compiled_steps, order.batch_shape))
     train_call = calls.bound(choice.mode, split_on_device)
@@ -141,22 +157,21 @@ def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig
     call_seconds, call_steps, warmup, loss_points = [], [], [], []
     step, loss_value, steady_examples_per_sec = start_step, math.nan, None
     last_flush = time.monotonic()
-    divergence = DivergenceCheck(train_config.divergence_factor, train_config.learning_rate)
+    divergence = DivergenceCheck(train_config.divergence_factor, train_config.learning_rate, datasets.num_classes)
     device.reset_peak_memory()
-    tensor_device = device.tensor_device()
-    device.reset_tensor_peak(tensor_device)
-    resident_mb = math.inf  # tensors allocated between calls: weights, optimizer and loss-scale state, the split
+    tensor_memory = memory.CallMemory(tensor_devices, excluded_mb=split_mb)
     try:
         while step < total_steps:
             step_count = min(train_config.steps_per_call, total_steps - step,
                              _steps_to_boundary(step, train_config.checkpoint_every_steps))
+            tensor_memory.before_call()
             started = time.perf_counter()
             losses = train_call(order.indices(step, step_count)).numpy()  # the call's one host sync
             call_seconds.append(time.perf_counter() - started)
             call_steps.append(step_count)
-            resident_mb = min(resident_mb, device.tensor_memory_mb(tensor_device)[0])
             # The first call of each shape (step count, batch) compiles a program: warm-up, not step time.
             warmup.append((step_count, order.batch_shape) not in compiled_shapes)
+            tensor_memory.after_call(compiled=warmup[-1])
             compiled_shapes.add((step_count, order.batch_shape))
             loss_points += [(step + offset + 1, float(loss)) for offset, loss in enumerate(losses)
                             if (step + offset + 1) % train_config.log_every_steps == 0]
@@ -178,9 +193,15 @@ def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig
             log_metric("train/loss", loss_points)
     if not call_seconds:
         raise ValueError("training ran no step; raise train.epochs or train.max_steps")
-    peak_tensor_mb = device.tensor_memory_mb(tensor_device)[1]
-    return _summarize(model, optimizer, step, loss_value, call_seconds, call_steps, warmup, batch_size, choice,
-                      peak_tensor_mb, min(resident_mb, peak_tensor_mb))
+    trained = _summarize(model, optimizer, step, loss_value, call_seconds, call_steps, warmup, batch_size, choice,
+                         tensor_memory)
+    # For one replica's share of the batch: what each GPU of a strategy holds.
+    trained.memory_estimate = memory.estimate(model, optimizer, order.batch_shape[-1])
+    budget, held = train_config.memory_budget_mb, trained.peak_tensor_mb + trained.split_tensor_mb
+    if budget and held > budget:  # auto keeps to it (the probe counts the split too); a named mode may not
+        logger.warning("training held up to %.1f MiB of tensors (the split included), over train.memory_budget_mb=%g "
+                       "(mode %s)", held, budget, choice.mode)
+    return trained
 
 
 def _batch_shape(strategy, batch_size: int) -> tuple[int, ...]:
@@ -190,7 +211,7 @@ def _batch_shape(strategy, batch_size: int) -> tuple[int, ...]:
 
 
 def _choose_jit_mode(calls: steps.Calls, split_on_device: tuple, train_config: TrainConfig, policy: str,
-                     order: batch_order.BatchOrder, start_step: int) -> compile_mode.Choice:
+                     order: batch_order.BatchOrder, start_step: int, tensor_devices: list[str]) -> compile_mode.Choice:
     return compile_mode.choose(
         jit_mode(train_config.jit_compile),
         compile_mode.candidate_modes(calls.model, calls.strategy),
@@ -201,6 +222,8 @@ def _choose_jit_mode(calls: steps.Calls, split_on_device: tuple, train_config: T
         cache_file=train_config.jit_cache_file,
         key=compile_mode.cache_key(calls.model, policy, order.batch_shape[-1], train_config.steps_per_call,
                                    calls.strategy),
+        memory_budget_mb=train_config.memory_budget_mb,
+        devices=tuple(tensor_devices),
     )
 
 
@@ -209,7 +232,7 @@ def _steps_to_boundary(step: int, every: int | None) -> int:
 
 
 def _summarize(model, optimizer, step, loss_value, call_seconds, call_steps, warmup, batch_size,
-               choice: compile_mode.Choice, peak_tensor_mb: float, resident_tensor_mb: float) -> TrainResult:
+               choice: compile_mode.Choice, tensor_memory: memory.CallMemory) -> TrainResult:
     timed = [index for index, compiling in enumerate(warmup) if not compiling] or list(range(len(call_seconds)))
     seconds, step_counts = np.array(call_seconds)[timed], np.array(call_steps)[timed]
     per_step_seconds = seconds / step_counts
@@ -226,8 +249,11 @@ def _summarize(model, optimizer, step, loss_value, call_seconds, call_steps, war
         peak_memory_mb=peak_memory_mb,
         peak_memory_source=peak_memory_source,
         peak_rss_mb=device.read_peak_rss_mb(),
-        peak_tensor_mb=peak_tensor_mb,
-        resident_tensor_mb=resident_tensor_mb,
+        peak_tensor_mb=tensor_memory.peak_mb(),
+        resident_tensor_mb=tensor_memory.resident_mb,
+        step_transient_mb=tensor_memory.transient_mb(),
+        peak_tensor_mb_per_device=tensor_memory.per_device_mb(),
+        split_tensor_mb=sum(tensor_memory.excluded_mb.values()),
         warmup_seconds=float(sum(seconds for seconds, compiling in zip(call_seconds, warmup) if compiling)),
         warmup_calls=sum(warmup),
         jit=choice,

@@ -19,24 +19,25 @@ def log_model(model, saved_model_dir, input_example) -> str:
     import keras
 
     keras.config.disable_interactive_logging()  # MLflow's predict on the example would draw a progress bar
-    served_uri = _log_pyfunc("model", {"saved_model": str(saved_model_dir)}, input_example)
-    mlflow.tensorflow.log_model(model, name="keras_model", signature=_signature(input_example),
+    num_classes = model.output_shape[-1]
+    served_uri = _log_pyfunc("model", {"saved_model": str(saved_model_dir)}, input_example, num_classes)
+    mlflow.tensorflow.log_model(model, name="keras_model", signature=_signature(input_example, num_classes),
                                 pip_requirements=_requirements())
     mlflow.log_artifacts(str(saved_model_dir), "serving_saved_model")  # browsable beside the run
     mlflow.set_tag("keras_model_uri", f"runs:/{mlflow.active_run().info.run_id}/keras_model")
     return served_uri
 
 
-def log_litert_model(export_format: str, path, input_example) -> str:
+def log_litert_model(export_format: str, path, input_example, num_classes: int) -> str:
     """Logs a LiteRT file as a servable pyfunc model named model_<format> (the same input checks as the
     SavedModel's); returns its URI."""
     import ai_edge_litert
 
-    return _log_pyfunc(f"model_{export_format}", {"litert_model": str(path)}, input_example,
+    return _log_pyfunc(f"model_{export_format}", {"litert_model": str(path)}, input_example, num_classes,
                        [f"ai-edge-litert=={ai_edge_litert.__version__}"])
 
 
-def _log_pyfunc(name: str, artifacts: dict[str, str], input_example, extra_requirements=()) -> str:
+def _log_pyfunc(name: str, artifacts: dict[str, str], input_example, num_classes: int, extra_requirements=()) -> str:
     """The served model: pipeline/serving/classifier.py's ImageClassifier over `artifacts`, as code (not a pickle),
     with the image signature and the input example."""
     return mlflow.pyfunc.log_model(
@@ -44,23 +45,21 @@ def _log_pyfunc(name: str, artifacts: dict[str, str], input_example, extra_requi
         python_model=str(pathlib.Path(classifier.__file__).with_name("model_code.py")),
         artifacts=artifacts,
         code_paths=[str(pathlib.Path(pipeline.__file__).parent)],  # the pipeline package, so it loads anywhere
-        signature=_signature(input_example),
+        signature=_signature(input_example, num_classes),
         input_example=input_example,
         pip_requirements=[*_requirements(), *extra_requirements],
     ).model_uri
 
 
-def _signature(input_example):
-    """float32 images (batch, 28, 28, 1) in, float32 logits (batch, 10) out."""
+def _signature(input_example, num_classes: int):
+    """float32 images (batch, *the example's image shape) in, float32 logits (batch, num_classes) out."""
     import numpy as np
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
-    from pipeline.core.data import NUM_CLASSES
-
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *input_example.shape[1:]), "image")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, NUM_CLASSES), "logits")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes), "logits")]),
     )
 
 
@@ -97,6 +96,8 @@ def load_logged_model(model_uri: str) -> tuple:
     Raises:
         NotFoundError: as resolve, or the run holds no keras_model (a model this pipeline did not log).
     """
+    import pipeline.core.vit  # noqa: F401  (registers the ViT's own layer, so its Keras model loads)
+
     run_id = resolve(model_uri)
     try:
         keras_model = mlflow.tensorflow.load_model(f"runs:/{run_id}/keras_model")

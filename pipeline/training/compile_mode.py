@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from pipeline.core import device
 from pipeline.core.config import JitCompile
+from pipeline.training import memory
 
 logger = logging.getLogger("pipeline")
 
@@ -43,12 +44,14 @@ class Choice:
     mode: JitCompile
     source: str  # forced (train.jit_compile named a mode) | probe | cache | only_candidate (multi-worker)
     step_ms: dict[str, float] = dataclasses.field(default_factory=dict)  # per probed mode
+    peak_mb: dict[str, float] = dataclasses.field(default_factory=dict)  # the allocator's peak over a call, per mode
     failed: dict[str, str] = dataclasses.field(default_factory=dict)  # modes that did not compile, and why
     probe_seconds: float = 0.0
     compiled_steps: int | None = None  # the step count the probe compiled every mode it timed for
 
     def metrics(self) -> dict[str, float]:
         metrics = {f"train/jit_probe/{mode}_step_ms": value for mode, value in self.step_ms.items()}
+        metrics |= {f"train/jit_probe/{mode}_peak_mb": value for mode, value in self.peak_mb.items()}
         if self.source in ("probe", "cache"):
             metrics["train/jit_probe_seconds"] = self.probe_seconds
         return metrics
@@ -73,8 +76,10 @@ def candidate_modes(model, strategy) -> list[JitCompile]:
 
 def choose(jit_compile: JitCompile, candidates: list[JitCompile], build_call: Callable[[JitCompile], Callable],
            indices_for: Callable[[int], tf.Tensor], steps_per_call: int, variables: list,
-           cache_file: str | None, key: dict) -> Choice:
-    """The mode to train in: the forced one, the cached decision for `key`, or the probe's fastest.
+           cache_file: str | None, key: dict, memory_budget_mb: float | None = None,
+           devices: tuple[str, ...] = ("CPU:0",)) -> Choice:
+    """The mode to train in: the forced one, or the fastest (probed, or decided earlier for `key`) whose
+    step peak fits `memory_budget_mb`.
 
     Args:
         jit_compile: train.jit_compile (auto or a mode).
@@ -85,6 +90,11 @@ def choose(jit_compile: JitCompile, candidates: list[JitCompile], build_call: Ca
         variables: the model's and the optimizer's variables, restored after each probed mode.
         cache_file: the decisions file, or None for no cache.
         key: what decides the answer (see cache_key).
+        memory_budget_mb: train.memory_budget_mb: the most TensorFlow's allocator may hold during a call.
+        devices: the allocators whose peaks count (device.tensor_devices).
+
+    Raises:
+        memory.MemoryBudgetError: no mode's peak fits the budget.
     """
     if jit_compile != JitCompile.auto:
         return Choice(mode=jit_compile, source="forced")
@@ -93,32 +103,64 @@ def choose(jit_compile: JitCompile, candidates: list[JitCompile], build_call: Ca
     started = time.perf_counter()
     cache = DecisionCache(cache_file) if cache_file else None
     cached = cache.get(key) if cache else None
-    if cached and cached["mode"] in candidates:
-        logger.info("train.jit_compile=auto: training in mode %s (decided earlier, %s)", cached["mode"], cache.path)
-        return Choice(mode=JitCompile(cached["mode"]), source="cache", step_ms=cached["step_ms"],
-                      probe_seconds=time.perf_counter() - started)
-    choice = probe(candidates, build_call, indices_for, steps_per_call, variables)
+    if cached and cached["mode"] in candidates and (memory_budget_mb is None or "peak_mb" in cached):
+        choice = Choice(mode=JitCompile(cached["mode"]), source="cache", step_ms=cached["step_ms"],
+                        peak_mb=cached.get("peak_mb", {}))
+        choice.mode = _fastest_fitting(choice, memory_budget_mb)
+        choice.probe_seconds = time.perf_counter() - started
+        logger.info("train.jit_compile=auto: training in mode %s (decided earlier, %s)%s", choice.mode, cache.path,
+                    _budget_words(choice, memory_budget_mb))
+        return choice
+    choice = probe(candidates, build_call, indices_for, steps_per_call, variables, devices)
     choice.probe_seconds = time.perf_counter() - started
     if cache and choice.step_ms:
-        cache.put(key, {"mode": str(choice.mode), "step_ms": choice.step_ms})
+        cache.put(key, {"mode": str(choice.mode), "step_ms": choice.step_ms, "peak_mb": choice.peak_mb})
+    if choice.step_ms:
+        choice.mode = _fastest_fitting(choice, memory_budget_mb)
     figures = ", ".join(f"{mode} {step_ms:.3g}" for mode, step_ms in choice.step_ms.items())
-    logger.info("train.jit_compile=auto: training in mode %s (ms per step: %s; probe %.1f s)", choice.mode,
-                figures, choice.probe_seconds)
+    logger.info("train.jit_compile=auto: training in mode %s (ms per step: %s; probe %.1f s)%s", choice.mode,
+                figures, choice.probe_seconds, _budget_words(choice, memory_budget_mb))
     return choice
 
 
-def probe(candidates: list[JitCompile], build_call, indices_for, steps_per_call: int, variables: list) -> Choice:
-    """Times real training calls in each candidate mode; returns the fastest (see choose)."""
+def _fastest_fitting(choice: Choice, memory_budget_mb: float | None) -> JitCompile:
+    """The fastest probed mode whose step peak fits the budget (any, without one)."""
+    fitting = {mode: step_ms for mode, step_ms in choice.step_ms.items()
+               if memory_budget_mb is None or choice.peak_mb.get(mode, 0.0) <= memory_budget_mb}
+    if not fitting:
+        smallest = min(choice.peak_mb, key=choice.peak_mb.get)
+        raise memory.MemoryBudgetError(
+            f"no compile mode fits train.memory_budget_mb={memory_budget_mb:g}: the smallest step peak was "
+            f"{choice.peak_mb[smallest]:.1f} MiB (mode {smallest}); raise the budget or lower data.batch_size")
+    return JitCompile(min(fitting, key=fitting.get))
+
+
+def _budget_words(choice: Choice, memory_budget_mb: float | None) -> str:
+    if not choice.peak_mb:
+        return ""
+    peaks = ", ".join(f"{mode} {peak:.0f}" for mode, peak in choice.peak_mb.items())
+    if memory_budget_mb is None:
+        return f"; step peak MiB: {peaks}"
+    over = [mode for mode, peak in choice.peak_mb.items() if peak > memory_budget_mb]
+    return (f"; step peak MiB: {peaks}, budget {memory_budget_mb:g}"
+            + (f": {' and '.join(over)} over it" if over else ": all fit"))
+
+
+def probe(candidates: list[JitCompile], build_call, indices_for, steps_per_call: int, variables: list,
+          devices: tuple[str, ...] = ("CPU:0",)) -> Choice:
+    """Times real training calls in each candidate mode and reads their peak memory; returns the fastest."""
     saved = [variable.numpy() for variable in variables]
     step_count = _probe_step_count(build_call(JitCompile.false), indices_for, steps_per_call)
     _restore(variables, saved)
     indices = indices_for(step_count)
-    step_ms, failed = {}, {}
+    step_ms, peak_mb, failed = {}, {}, {}
     for mode in candidates:
         try:
             call = build_call(mode)
             call(indices).numpy()  # compiles
+            device.reset_tensor_peak(*devices)
             step_ms[str(mode)] = _time(call, indices, step_count, best_ms=min(step_ms.values(), default=None))
+            peak_mb[str(mode)] = sum(device.tensor_memory_mb(name)[1] for name in devices)
         except Exception as error:  # a mode that cannot compile here is skipped, never a failed job
             failed[str(mode)] = f"{type(error).__name__}: {error}".splitlines()[0]
             logger.warning("train.jit_compile=auto: mode %s failed here and is skipped (%s)", mode, failed[str(mode)])
@@ -127,7 +169,8 @@ def probe(candidates: list[JitCompile], build_call, indices_for, steps_per_call:
     if not step_ms:
         return Choice(mode=JitCompile.false, source="probe", failed=failed)
     best = JitCompile(min(step_ms, key=step_ms.get))
-    return Choice(mode=best, source="probe", step_ms=step_ms, failed=failed, compiled_steps=step_count)
+    return Choice(mode=best, source="probe", step_ms=step_ms, peak_mb=peak_mb, failed=failed,
+                  compiled_steps=step_count)
 
 
 def _probe_step_count(estimate_call, indices_for, steps_per_call: int) -> int:
