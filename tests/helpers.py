@@ -71,7 +71,7 @@ def assert_one_parent_with_children(store: Store, job_count: int) -> None:
         assert CONTRACT_METRICS <= child.data.metrics.keys()
         assert len(store.client().get_metric_history(child.info.run_id, "train/loss")) == 10
     assert len(store.versions()) == job_count
-    assert len(store.client().list_artifacts(parent.info.run_id, "report")) == 7
+    assert len(store.client().list_artifacts(parent.info.run_id, "report")) == 8
 
 
 def resumable_job(store: Store, real_data: list[str], folder: pathlib.Path) -> list[str]:

@@ -45,7 +45,7 @@ CASES = [
                                                 r"data.idx_dir at a folder of the dataset's four files"),
     ("pipeline", ["data.idx_dir={idx:magic}"], r"magic number 0x00000999 is not IDX images"),
     ("pipeline", ["data.idx_dir={idx:shape}"], r"train images are \(32, 28, 1\), data.image_shape says \[28, 28, 1\]"),
-    ("pipeline", ["data.idx_dir={idx:label}"], r"train labels span 1\.\.10, outside 0\.\.9 \(data.num_classes=10\)"),
+    ("pipeline", ["data.idx_dir={idx:label}"], r"train labels span 10\.\.10, outside 0\.\.9 \(data.num_classes=10\)"),
     ("pipeline", ["data.idx_dir={idx:count}"], r"train split has 4 images but 3 labels"),
     ("pipeline", ["data.idx_dir={idx:cut}"], r"header promises \d+ \(truncated or corrupt\)"),
     ("pipeline", ["data.idx_dir={file}"], r"data.idx_dir=\S+ is a file, not a folder; point data.idx_dir at a folder"),

@@ -10,7 +10,7 @@ from helpers import FASHION_MNIST_DIR, REPO_ROOT, python_environment, run_module
 
 from pipeline.core import device, precision
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 # A job in graph mode at batch 256: 30 timed calls of one step each, as many as the probe reads. How a step's
@@ -24,14 +24,18 @@ def native(policy: str) -> bool:
     return precision.hardware_support(policy, device.gpu_compute_capability(), device.read_cpu_flags())[0]
 
 
-def test_cnn_tensor_memory_per_policy_agrees_with_an_independent_probe_and_the_estimate(tmp_path, store, real_data):
+def test_tensor_memory_per_policy_agrees_with_an_independent_probe_and_the_estimate(tmp_path, store, real_data):
     figures = {}
-    for policy in POLICIES:  # one process each, as the probe: nothing of another policy's job in its allocator
-        result = run_pipeline([*real_data, "model=cnn", f"precision={policy}", *GRAPH_JOB, *store.overrides,
-                               f"hydra.run.dir={tmp_path}/{policy}"], cwd=tmp_path)
+    for policy in POLICIES:  # a process per policy, as the probe: nothing of another policy's job in its allocator
+        result = run_pipeline(["-m", "model=mlp,cnn", f"precision={policy}", *real_data, *GRAPH_JOB,
+                               *store.overrides, f"hydra.sweep.dir={tmp_path}/{policy}"], cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
-        (run,) = [run for run in store.runs() if run.data.params["precision.policy"] == policy]
-        figures[policy] = run.data.metrics
+        assert "tensor MiB" in result.stdout  # the sweep's table has the memory column
+        jobs = {run.data.params["model.name"]: run for run in store.runs()
+                if run.data.params.get("precision.policy") == policy and "model.name" in run.data.params}
+        if native(policy):  # the MLP's estimate, from the same sweep
+            assert jobs["mlp"].data.metrics["memory/measured_over_estimate"] == pytest.approx(1.0, abs=0.25), policy
+        figures[policy] = jobs["cnn"].data.metrics
         probe = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "memory_probe.py"), "cnn", policy, "256",
                                 "false", str(FASHION_MNIST_DIR)], capture_output=True, text=True, timeout=300,
                                env=python_environment())
@@ -42,17 +46,6 @@ def test_cnn_tensor_memory_per_policy_agrees_with_an_independent_probe_and_the_e
             assert figures[policy]["memory/measured_over_estimate"] == pytest.approx(1.0, abs=0.25), figures[policy]
     peak_ratio = figures["mixed_bfloat16"]["train/peak_tensor_mb"] / figures["float32"]["train/peak_tensor_mb"]
     assert peak_ratio <= 0.75, {policy: figures[policy]["train/peak_tensor_mb"] for policy in POLICIES}
-
-
-def test_mlp_step_memory_agrees_with_the_estimate_in_a_sweep(tmp_path, store, real_data):
-    result = run_pipeline(["-m", "model=mlp", f"precision={','.join(POLICIES)}", *real_data, *GRAPH_JOB,
-                           *store.overrides], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    _, runs = store.sweep()
-    for run in runs:
-        if native(run.data.params["precision.policy"]):
-            assert run.data.metrics["memory/measured_over_estimate"] == pytest.approx(1.0, abs=0.25), run.info.run_name
-    assert "step memory" in result.stdout  # the sweep's table has the memory column
 
 
 def test_max_batch_finds_a_larger_batch_under_bfloat16_within_the_budget(tmp_path, store, real_data):

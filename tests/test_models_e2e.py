@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from helpers import MODEL_NAME, QUICK_INFER, python_environment, run_pipeline
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 USER_MODULE = '''
 import keras
@@ -118,18 +118,17 @@ def test_a_broken_builder_fails_before_training_in_one_line(tmp_path, store, rea
     assert run.info.status == "FAILED" and "train/steps" not in run.data.metrics
 
 
-def test_the_vit_runs_every_stage_under_each_policy_and_a_size_sweep_reads_as_a_table(tmp_path, store, real_data):
-    result = run_pipeline(["-m", "model=vit", "model.width=16,32", "model.depth=2",
-                           "precision=float32,mixed_float16,mixed_bfloat16", *real_data, "train.max_steps=40",
-                           "tracking.registered_model=null", *store.overrides, *QUICK_INFER], cwd=tmp_path)
+def test_the_vit_runs_every_stage_under_each_policy_and_its_served_model_answers(tmp_path, store, real_data):
+    result = run_pipeline(["-m", "model=vit", "model.width=16", "model.depth=2",
+                           "precision=float32,mixed_float16,mixed_bfloat16", *real_data, "train.max_steps=60",
+                           "tracking.register_min_accuracy=0.3", *store.overrides, *QUICK_INFER], cwd=tmp_path)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     _, runs = store.sweep()
-    assert len(runs) == 6 and all(run.info.status == "FINISHED" for run in runs)
+    assert len(runs) == 3 and all(run.info.status == "FINISHED" for run in runs)
     for run in runs:
         assert run.data.metrics["infer/agreement"] >= 0.99, run.info.run_name  # the export's parity
-        assert run.data.metrics["eval/accuracy"] > 0.3, run.info.run_name  # 40 steps; chance is 0.1
-    parameters = {run.data.params["model.name"]: run.data.metrics["model/parameters"] for run in runs}
-    assert sorted(parameters) == ["vit-w16-d2", "vit-w32-d2"] and parameters["vit-w32-d2"] > parameters["vit-w16-d2"]
-    table = result.stdout[result.stdout.index("model "):]  # the sweep's table: a row per size and policy
-    assert table.splitlines()[0].split()[:3] == ["model", "params", "policy"]
-    assert sum(line.startswith("vit-w") for line in table.splitlines()) == 6
+        assert run.data.metrics["eval/accuracy"] > 0.3, run.info.run_name  # 60 steps; chance is 0.1
+    assert len(store.versions()) == 3
+    mlflow.set_tracking_uri(store.uri)
+    served = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/1")
+    assert np.asarray(served.predict(np.zeros((2, 28, 28, 1), np.float32))).shape == (2, 10)

@@ -193,7 +193,7 @@ def test_help_lists_only_real_options(tmp_path):
     result = run_pipeline(["--help"], cwd=tmp_path)
     groups = result.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
     assert "precision: float32, mixed_bfloat16, mixed_float16" in groups
-    assert "model: cnn, mlp" in groups and "schema" not in groups and "base_" not in groups
+    assert "model: cnn, custom, mlp, vit" in groups and "schema" not in groups and "base_" not in groups
 
 
 def test_a_database_that_accepts_but_never_answers_fails_after_the_configured_timeout():

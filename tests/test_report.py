@@ -162,3 +162,12 @@ def test_report_plots_tensor_peak_against_batch_size_and_the_estimate_beside_the
     assert all(path.stat().st_size > 5000 for path in files)
     assert memory.estimate_of({f"memory/estimate/{part}_mb": value for part, value in parts.items()}) == parts
     assert memory.estimate_of({"memory/estimate/parameters_mb": 1.0}) is None
+
+
+def test_a_model_size_sweep_reads_as_a_table_of_sizes():
+    jobs = [dict(job(policy, 0, 0.85, speed), model=f"vit-w{width}-d4", parameters=parameters)
+            for width, parameters in ((32, 36682), (64, 138890)) for policy, speed in (("float32", 1000.0),
+                                                                                       ("mixed_bfloat16", 800.0))]
+    table = summary.compact_table(comparison.compare_to_float32(jobs))
+    assert table.splitlines()[0].split()[:3] == ["model", "params", "policy"]
+    assert any(line.startswith("vit-w64-d4") and "138,890" in line and "0.80x" in line for line in table.splitlines())

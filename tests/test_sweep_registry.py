@@ -48,8 +48,8 @@ def test_sweep_is_one_parent_with_four_children_and_a_report(sweep):
         "mlp-float32-bs128", "mlp-float32-bs64", "mlp-mixed_bfloat16-bs128", "mlp-mixed_bfloat16-bs64"]
     artifacts = {artifact.path for artifact in client.list_artifacts(parent.info.run_id, "report")}
     assert artifacts == {f"report/{name}" for name in (
-        "report.md", "report.csv", "examples_per_sec_vs_batch_size.png", "peak_memory_vs_batch_size.png",
-        "accuracy_per_policy.png", "loss_curves.png", "per_class_delta.png")}
+        "report.md", "report.csv", "examples_per_sec_vs_batch_size.png", "tensor_peak_vs_batch_size.png",
+        "memory_estimate.png", "accuracy_per_policy.png", "loss_curves.png", "per_class_delta.png")}
     table = open(client.download_artifacts(parent.info.run_id, "report/report.md")).read()
     assert table.count("| mlp |") == 4 and "| float32 | 64 |" in table and "1.00x" in table
 
