@@ -143,3 +143,17 @@ def test_on_a_gpu_the_same_tensor_figures_come_from_its_allocator(compose):
     result = train.train(model.build_model(config.model, "float32", seed=0), tiny_datasets(), config.train, "float32")
     assert result.metrics()["train/peak_tensor_mb"] > 0 and result.peak_memory_source == "gpu"
     assert device.describe_device()["precision.tf32_enabled"] in ("true", "false")
+
+
+def test_the_batch_search_brackets_the_budget_then_bisects_and_counts_out_of_memory_as_too_big():
+    from pipeline.training import memory
+
+    def peak_at(batch):  # 40 MiB held, 0.3 MiB an example; a device that runs out of memory past 3000
+        return None if batch > 3000 else 40 + 0.3 * batch
+
+    search = memory.largest_batch(peak_at, budget_mb=512, start=128)
+    assert 40 + 0.3 * search.max_batch <= 512 < 40 + 0.3 * search.max_batch * 1.04  # within 3 % of the answer
+    assert search.peak_mb == peak_at(search.max_batch) and set(search.tried) >= {128, 256, 512, 1024, 2048}
+    assert memory.largest_batch(peak_at, budget_mb=10_000, start=1024).max_batch >= 2910  # the device's limit
+    assert memory.largest_batch(peak_at, budget_mb=512, start=4096).max_batch == search.max_batch  # halves first
+    assert memory.largest_batch(peak_at, budget_mb=30, start=64).max_batch is None  # not even batch 1

@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import math
 import statistics
+import time
 
 import keras
 import tensorflow as tf
@@ -164,8 +165,6 @@ def largest_batch(peak_at, budget_mb: float, start: int, limit: int = 2**20, pre
         start: the first batch size tried (the job's own).
         limit: the largest batch size tried.
     """
-    import time
-
     started, tried = time.perf_counter(), {}
 
     def fits(batch: int) -> bool:
