@@ -42,7 +42,7 @@ def test_tensor_memory_per_policy_agrees_with_an_independent_probe_and_the_estim
         assert probe.returncode == 0, probe.stderr[-2000:]
         independent = json.loads(probe.stdout.splitlines()[-1])["step_transient_mb"]
         # Emulated float16 (no AVX-512 FP16) converts through workspaces whose size differs from one process to
-        # the next: the probe read 59.0 to 83.9 MiB for the same model, batch and mode in six fresh processes.
+        # the next: the probe read 59.0 to 83.9 MiB for the same model, batch and mode over six runs.
         tolerance = 0.15 if native(policy) else 0.35
         assert figures[policy]["train/step_transient_mb"] == pytest.approx(independent, rel=tolerance), (
             policy, independent)
