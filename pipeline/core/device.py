@@ -101,6 +101,11 @@ def tensor_memory_mb(device: str) -> tuple[float, float]:
     return info["current"] / 2**20, info["peak"] / 2**20
 
 
+def tensor_peak_mb(devices) -> float:
+    """The allocators' peaks since reset_tensor_peak, summed over `devices` (each GPU has its own)."""
+    return sum(tensor_memory_mb(name)[1] for name in devices)
+
+
 def read_peak_rss_mb() -> float:
     """The process's peak resident set since reset_peak_memory (on a GPU too), in MiB."""
     peak = _process_status_mb("VmHWM")

@@ -160,7 +160,7 @@ def probe(candidates: list[JitCompile], build_call, indices_for, steps_per_call:
             call(indices).numpy()  # compiles
             device.reset_tensor_peak(*devices)
             step_ms[str(mode)] = _time(call, indices, step_count, best_ms=min(step_ms.values(), default=None))
-            peak_mb[str(mode)] = sum(device.tensor_memory_mb(name)[1] for name in devices)
+            peak_mb[str(mode)] = device.tensor_peak_mb(devices)
         except Exception as error:  # a mode that cannot compile here is skipped, never a failed job
             failed[str(mode)] = f"{type(error).__name__}: {error}".splitlines()[0]
             logger.warning("train.jit_compile=auto: mode %s failed here and is skipped (%s)", mode, failed[str(mode)])

@@ -96,7 +96,7 @@ def step_peak_mb(call, indices, devices: list[str]) -> float:
     """
     device.reset_tensor_peak(*devices)
     call(indices).numpy()
-    return sum(device.tensor_memory_mb(name)[1] for name in devices)
+    return device.tensor_peak_mb(devices)
 
 
 class CallMemory:
