@@ -114,14 +114,17 @@ class Progress:
         self.interactive = sys.stderr.isatty() if interactive is None else interactive
         self.bar, self.started, self.first_step, self.last_line = None, None, None, None
 
-    def __call__(self, step: int, total_steps: int, epoch: int, loss: float, examples_per_sec: float | None) -> None:
-        """Takes what the training loop already has after a call: no extra host sync."""
+    def __call__(self, step: int, total_steps: int, epoch: int, loss: float, examples_per_sec: float | None,
+                 accuracy: float | None = None) -> None:
+        """Takes what the training loop already has after a call (no extra host sync): the latest evaluation's
+        accuracy too, where it evaluates during training."""
         now = self.clock()
         if self.started is None:  # the first call's end: its compile is behind us
             self.started, self.first_step, self.last_line = now, step, now
         # None until a call has run without compiling: a compiling call's rate would mislead.
         rate_text = f", {examples_per_sec:,.0f} examples/s" if examples_per_sec else ""
-        postfix = f"epoch {epoch + 1}, loss {loss:.4f}{rate_text}"
+        accuracy_text = f", accuracy {accuracy:.4f}" if accuracy is not None else ""
+        postfix = f"epoch {epoch + 1}, loss {loss:.4f}{accuracy_text}{rate_text}"
         if self.interactive:
             if self.bar is None:
                 from tqdm import tqdm
@@ -154,6 +157,7 @@ def print_job_summary(result, links: tuple[str, str | None] | None) -> None:
                f"{result.examples_per_sec:,.0f} train examples/s (jit_compile={result.jit_compile})"
                if result.examples_per_sec else None,
                f"tensor peak {result.peak_tensor_mb:,.1f} MiB" if result.peak_tensor_mb else None,
+               _time_to_target(result.target_summary),
                f"infer p50 {result.latency_ms_p50:.3f} ms" if result.latency_ms_p50 is not None else None]
     logger.info("%s: %s", result.run_name, ", ".join(figure for figure in figures if figure))
     if result.registered:
@@ -161,6 +165,15 @@ def print_job_summary(result, links: tuple[str, str | None] | None) -> None:
     if links:
         url, command = links
         logger.info("  run:   %s%s", url, f"  (serve the UI first: {command})" if command else "")
+
+
+def _time_to_target(summary) -> str | None:
+    if summary is None or summary.target is None:
+        return None
+    if not summary.reached:
+        return f"target {summary.target:g} not reached"
+    return (f"{summary.target:g} reached in {summary.time_to_target_s:.1f} s ({summary.steps_to_target:,} steps, "
+            f"evaluations {summary.evaluation_share:.0%} of the training time)")
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -180,11 +193,12 @@ class ConsoleFormatter(logging.Formatter):
 def print_sweep_summary(sweep_report, report_dir, links: tuple[str, str | None]) -> None:
     """The end of a sweep: the compact table, sentences per reduced-precision job (accuracy and speed,
     memory), where to look next."""
-    from pipeline.analysis import memory, summary
+    from pipeline.analysis import memory, summary, time_to_target
 
     lines = ["", summary.compact_table(sweep_report.rows), ""]
     lines += [f"WARNING {warning}" for warning in sweep_report.warnings]
-    lines += summary.summary_sentences(sweep_report.rows) + memory.sentences(sweep_report.rows)
+    lines += (summary.summary_sentences(sweep_report.rows) + memory.sentences(sweep_report.rows)
+              + time_to_target.sentences(sweep_report.rows))
     lines.append(f"report: {report_dir}/report.md (and on the sweep's parent run)")
     url, command = links
     lines.append(f"runs:   {url}" + (f"  (serve the UI first: {command})" if command else ""))

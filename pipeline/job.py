@@ -32,6 +32,7 @@ class JobResult:
     peak_tensor_mb: float | None = None  # TensorFlow's allocator: what precision changes (train/peak_tensor_mb)
     latency_ms_p50: float | None = None
     registered: str | None = None  # "<name> version <n>", or why it was not registered
+    target_summary: object = None  # pipeline.training.target.TargetSummary: the time to target accuracy
 
 
 def run_job(config: DictConfig, overrides: list[str], sweep_id: str | None = None) -> float | None:
@@ -102,13 +103,22 @@ def _run_stages(config: DictConfig, run_name: str, run_id: str, sweep_id: str | 
         trained = _build_and_train(config, strategy, datasets, checkpoint_dir, runs.log_metric_history, progress)
         runs.log_metrics(trained.metrics())
         runs.set_tags(trained.tags())
+    missed = _target_missed(config, trained)
+    if missed:
+        best = trained.target_summary.best
+        logger.warning("%s: %s (best %s %.4f at step %d); counted as not converged", run_name, missed,
+                       trained.target_summary.metric, best.accuracy, best.step)
     result = JobResult(run_name, examples_per_sec=trained.examples_per_sec, jit_compile=str(trained.jit.mode),
-                       peak_tensor_mb=trained.peak_tensor_mb)
+                       peak_tensor_mb=trained.peak_tensor_mb, target_summary=trained.target_summary)
     if "evaluate" not in config.stages:
         return result
     with stopwatch.part("evaluate"):
         evaluated = evaluate.evaluate(trained.model, datasets)
-        runs.log_metrics(evaluated.metrics())
+        metrics = evaluated.metrics()
+        if trained.target_summary.evaluations and trained.target_summary.metric == "eval/accuracy":
+            # The end of the curve the evaluations during training drew: at the last step, not at step 0.
+            runs.log_metrics({"eval/accuracy": metrics.pop("eval/accuracy")}, step=trained.steps)
+        runs.log_metrics(metrics)
         log_confusion_matrix(evaluated.confusion)
     result.accuracy = evaluated.accuracy
     if "export" not in config.stages:
@@ -135,7 +145,7 @@ def _run_stages(config: DictConfig, run_name: str, run_id: str, sweep_id: str | 
                        for name, path in exported.litert_files.items()}
     with stopwatch.part("register"):
         registered = [_register(config, model_uris[name], run_id, sweep_id, policy, exported.policy, name,
-                                evaluated.accuracy, figures) for name, figures in inferred.items()]
+                                evaluated.accuracy, figures, missed) for name, figures in inferred.items()]
     result.registered = ", ".join(text for text in registered if text) or None
     return result
 
@@ -178,16 +188,18 @@ def _train_as_worker(config: DictConfig) -> None:
 
 
 def _register(config, model_uri, run_id, sweep_id, policy, serving_policy, export_format, eval_accuracy,
-              figures) -> str | None:
+              figures, target_missed: str | None) -> str | None:
     """Registers a logged model if it passes the gate; returns what the summary says of it.
 
     The SavedModel is the trained model: its accuracy is the evaluate stage's; a LiteRT file is
-    judged on its own accuracy over the test split.
+    judged on its own accuracy over the test split. A job that missed its target accuracy registers
+    nothing: its model is not the converged one the target asked for.
     """
     from pipeline.tracking import registry, runs
 
     accuracy = eval_accuracy if export_format == "saved_model" else figures.accuracy
-    refusal = registry.gate(config.tracking, accuracy, figures.agreement, export_format)
+    refusal = (target_missed if target_missed and config.tracking.registered_model else
+               registry.gate(config.tracking, accuracy, figures.agreement, export_format))
     if refusal:
         logger.warning("%s (%s): not registered: %s", config.tracking.registered_model, export_format, refusal)
         runs.set_tags({"registry.skipped" if export_format == "saved_model" else f"registry.skipped.{export_format}":
@@ -206,6 +218,14 @@ def _register(config, model_uri, run_id, sweep_id, policy, serving_policy, expor
         ))
     return f"{config.tracking.registered_model} version {version}" + (
         f" ({export_format})" if export_format != "saved_model" else "")
+
+
+def _target_missed(config: DictConfig, trained) -> str | None:
+    """Why the job did not converge (its target accuracy not reached in the budget), or None."""
+    summary = trained.target_summary
+    if config.train.target_accuracy is None or summary is None or summary.reached:
+        return None
+    return f"train.target_accuracy={config.train.target_accuracy:g} not reached in the budget of {trained.steps} steps"
 
 
 def log_confusion_matrix(confusion) -> None:

@@ -41,7 +41,8 @@ def write_report(tracking_config, parent_run, report_dir):
     jobs = sweeps.sweep_jobs(tracking_config, parent_run)
     # One request per curve: a bounded number of curves.
     loss_histories = sweeps.metric_histories(tracking_config, comparison.loss_curve_jobs(jobs), "train/loss")
-    sweep_report = comparison.make_report(jobs, loss_histories, report_dir)
+    accuracy_curves = sweeps.accuracy_curves(tracking_config, jobs)  # two requests a job that evaluated while training
+    sweep_report = comparison.make_report(jobs, loss_histories, report_dir, accuracy_curves)
     sweeps.log_report(tracking_config, parent_run, report_dir)
     return sweep_report
 

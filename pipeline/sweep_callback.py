@@ -57,8 +57,12 @@ class SweepTrackingCallback(Callback):
         search_results = os.path.join(config.hydra.sweep.dir, "optimization_results.yaml")
         if os.path.exists(search_results):  # written by the Optuna sweeper (hparams_search=...)
             sweeps.log_search_result(config.tracking, self.parent_run_id, search_results)
-        console.print_sweep_summary(sweep_report, report_dir,
-                                    store.ui_links(config.tracking, parent_run.info.experiment_id))
+        # The jobs in the order a user reads them: soonest to the target, or most accurate first.
+        order_by = (("train/time_to_target_s", True) if config.train.get("target_accuracy") is not None
+                    else ("eval/accuracy", False))
+        links = store.ui_links(config.tracking, parent_run.info.experiment_id, parent_run_id=parent_run.info.run_id,
+                               order_by=order_by)
+        console.print_sweep_summary(sweep_report, report_dir, links)
         failed = sweep_report.failed_runs
         self._end_if_open("FAILED" if failed else "FINISHED")
         if failed:

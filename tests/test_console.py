@@ -98,7 +98,9 @@ def test_a_sweep_prints_our_lines_only_and_verbose_brings_the_rest_back(tmp_path
     assert len(re.findall(r"mlp-\w+-bs\d+: step 60/60, epoch 1, loss \d\.\d{4}$", output, re.MULTILINE)) == 4
     assert len(re.findall(r"mlp-\w+-bs\d+: eval accuracy 0\.\d{4}, [\d,]+ train examples/s", output)) == 4
     assert "mixed_bfloat16 vs float32, mlp, batch 64, 1 seed: accuracy " in output
-    assert re.search(r"runs:   http://127\.0\.0\.1:5000/#/experiments/\d+/runs\?workflowType=machine_learning  "
+    # The sweep's link: its jobs (a search on their parent run) in the chart view.
+    assert re.search(r"runs:   http://127\.0\.0\.1:5000/#/experiments/\d+/runs\?workflowType=machine_learning"
+                     r"&searchFilter=tags\.mlflow\.parentRunId%20%3D%20%27\w+%27\S*&compareRunsMode=CHART  "
                      r"\(serve the UI first: mlflow ui --backend-store-uri sqlite:///", output)
 
     verbose = run_pipeline([*real_data, "train.max_steps=20", "verbose=true", *QUICK_INFER, *store.overrides],

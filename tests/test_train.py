@@ -68,7 +68,8 @@ def test_progress_never_shows_the_rate_of_a_compiling_call(compose):
     config = compose(["train.jit_compile=false", "train.epochs=2", "train.max_steps=10", "train.steps_per_call=4"])
     shown = []
     train.train(model.build_model(config.model, "float32", seed=0), tiny_datasets(), config.train, "float32",
-                progress=lambda step, total, epoch, loss, examples_per_sec: shown.append((step, examples_per_sec)))
+                progress=lambda step, total, epoch, loss, examples_per_sec, accuracy: shown.append(
+                    (step, examples_per_sec)))
     (first_step, first_rate), (second_step, second_rate), (last_step, last_rate) = shown
     assert (first_step, second_step, last_step) == (4, 8, 10)
     assert first_rate is None  # nothing steady yet

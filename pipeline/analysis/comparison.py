@@ -9,7 +9,7 @@ import csv
 import dataclasses
 import pathlib
 
-from pipeline.analysis import deployment, memory, plots, statistics, summary
+from pipeline.analysis import deployment, memory, plots, statistics, summary, time_to_target
 from pipeline.core import precision
 
 COLUMNS = (
@@ -21,7 +21,9 @@ COLUMNS = (
     "step_memory_vs_float32", "step_memory_low", "step_memory_high", "max_batch", "max_batch_examples_per_sec",
     "infer_latency_ms_p50",
     "infer_latency_ms_p50_std", "most_changed_class", "most_changed_class_delta", "most_changed_class_low",
-    "most_changed_class_high", "status",
+    "most_changed_class_high", "target_accuracy", "target_reached_runs", "target_score_s", "target_note",
+    "time_to_target_s", "time_to_target_s_std", "time_to_target_without_compile_s", "steps_to_target",
+    "time_to_target_vs_float32", "time_to_target_low", "time_to_target_high", "status",
 )
 _METRICS = {
     "eval_accuracy": "eval/accuracy",
@@ -29,7 +31,7 @@ _METRICS = {
     "step_time_ms": "train/step_time_ms",
     "infer_latency_ms_p50": "infer/latency_ms_p50",
     "parameters": "model/parameters",
-} | memory.METRICS
+} | memory.METRICS | time_to_target.METRICS
 
 
 @dataclasses.dataclass
@@ -45,15 +47,17 @@ class Report:
         return [job["run"] for job in self.jobs if job["status"] != "FINISHED"]
 
 
-def make_report(jobs: list, loss_histories: dict[str, list[tuple[int, float]]], output_dir) -> Report:
+def make_report(jobs: list, loss_histories: dict[str, list[tuple[int, float]]], output_dir,
+                accuracy_curves: dict[str, list[tuple[float, float]]] | None = None) -> Report:
     """Tabulates a sweep's jobs, writes report.csv, report.md and plots into `output_dir`.
 
     Args:
         jobs: the sweep's child runs (mlflow.entities.Run), oldest first.
         loss_histories: each job's train/loss points, by run id.
         output_dir: a folder for the files; created if missing.
+        accuracy_curves: each job's (seconds on its clock, accuracy) at its evaluations during training, by run id.
     """
-    job_rows = [job_row(job) for job in jobs]
+    job_rows = [job_row(job) | {"accuracy_curve": (accuracy_curves or {}).get(job.info.run_id)} for job in jobs]
     rows = compare_to_float32(job_rows)
     digests = {job["train_digest"] for job in job_rows if job["train_digest"]}
     warnings = [f"the jobs trained on {len(digests)} different datasets (digests {', '.join(sorted(digests))}): "
@@ -63,6 +67,10 @@ def make_report(jobs: list, loss_histories: dict[str, list[tuple[int, float]]], 
     markdown = "\n".join([*(f"**Warning**: {warning}\n" for warning in warnings), summary.to_markdown(rows), "",
                           *(f"- {sentence}" for sentence in [*summary.summary_sentences(rows),
                                                               *memory.sentences(rows)])])
+    target_table = time_to_target.to_markdown(rows)
+    if target_table:
+        markdown += "\n\n## Time to target\n\n" + target_table + "\n\n" + "\n".join(
+            f"- {sentence}" for sentence in time_to_target.sentences(rows))
     table = deployment.deployment_rows(job_rows)
     files = []
     if any(row["format"] != "saved_model" for row in table):  # LiteRT formats were exported
@@ -82,7 +90,7 @@ def make_report(jobs: list, loss_histories: dict[str, list[tuple[int, float]]], 
          f"seed={job.data.params.get('train.seed', '?')}"): loss_histories.get(job.info.run_id, [])
         for job in plotted
     }
-    figures = plots.plot(rows, loss_curves, output_dir)
+    figures = plots.plot(rows, loss_curves, output_dir, job_rows)
     return Report(jobs=job_rows, rows=rows, markdown=markdown, warnings=warnings,
                   files=[output_dir / "report.md", output_dir / "report.csv", *figures, *files])
 
@@ -121,6 +129,7 @@ def job_row(job) -> dict:
                               if any(tag.value == "training" for tag in entry.tags)), None),
     }
     row.update({column: metrics.get(name) for column, name in _METRICS.items()})
+    row.update(time_to_target.job_fields(params, tags))
     row["memory_estimate"] = memory.estimate_of(metrics)
     formats = sorted({name.split("/")[1] for name in metrics if name.startswith("infer/litert_")})
     row["deployment"] = {export_format: {figure: metrics.get(f"{prefix}/{figure}") for figure in deployment.FIGURES}
@@ -175,6 +184,7 @@ def _configuration_row(jobs: list[dict], pairs: list[tuple[dict, dict]]) -> dict
     row["memory_estimate"] = first.get("memory_estimate")
     compared = not precision.is_reference(first["policy"])
     row["accuracy_verdict"] = statistics.accuracy_verdict(delta) if compared else None
+    time_to_target.add_to_row(row, jobs, pairs)
     class_count = max((len(job.get("class_accuracy") or []) for job in jobs), default=0)
     row["class_deltas"] = [statistics.mean_interval(_difference(_class_accuracy(job, label),
                                                                 _class_accuracy(partner, label))

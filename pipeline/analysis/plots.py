@@ -2,13 +2,15 @@
 
 import pathlib
 
-from pipeline.analysis import memory
+from pipeline.analysis import memory, time_to_target
 from pipeline.core import precision
 
 
-def plot(rows: list[dict], loss_curves: dict[str, list[tuple[int, float]]], output_dir: pathlib.Path):
+def plot(rows: list[dict], loss_curves: dict[str, list[tuple[int, float]]], output_dir: pathlib.Path,
+         job_rows: list[dict] | None = None):
     """Throughput and tensor memory against batch size per policy, accuracy per configuration, per-class
-    accuracy change against float32, loss curves; returns the files."""
+    accuracy change against float32, loss curves, accuracy against time (jobs that evaluated during
+    training, from `job_rows`); returns the files."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on servers and CI
@@ -42,7 +44,8 @@ def plot(rows: list[dict], loss_curves: dict[str, list[tuple[int, float]]], outp
             axes.plot(*zip(*sorted(points)), label=run_name)
     axes.set(xlabel="step", ylabel="train/loss", yscale="log", title="training loss")
     paths.append(_save(figure, axes, output_dir / "loss_curves.png"))
-    return paths + memory.plot(pyplot, rows, output_dir, _save)
+    return (paths + memory.plot(pyplot, rows, output_dir, _save)
+            + time_to_target.plot(pyplot, job_rows or [], output_dir, _save))
 
 
 def _plot_class_deltas(pyplot, rows: list[dict], path: pathlib.Path) -> pathlib.Path:

@@ -11,6 +11,7 @@ _FORMATS = {
     "step_transient_mb": "{:,.1f}", "step_memory_vs_float32": "{:.2f}x", "max_batch": "{:,.0f}",
     "max_batch_examples_per_sec": "{:,.0f}", "parameters": "{:,.0f}",
     "infer_latency_ms_p50": "{:.3f}", "learning_rate": "{:.3g}", "most_changed_class_delta": "{:+.4f}",
+    "time_to_target_s": "{:.1f}", "target_score_s": "{:.1f}", "time_to_target_vs_float32": "{:.2f}x",
 }
 
 
@@ -65,7 +66,7 @@ def cell(row: dict, column: str) -> str:
     if row.get(f"{column}_std") is not None:
         text += f" ± {_format(column, row[f'{column}_std']).lstrip('+')}"
     interval = {"delta_accuracy_vs_float32": "delta_accuracy", "speedup_vs_float32": "speedup",
-                "step_memory_vs_float32": "step_memory"}.get(column)
+                "step_memory_vs_float32": "step_memory", "time_to_target_vs_float32": "time_to_target"}.get(column)
     if interval and row.get(f"{interval}_low") is not None:
         text += f" ({_format(column, row[f'{interval}_low'])}..{_format(column, row[f'{interval}_high'])})"
     if column == "most_changed_class" and row.get(column) is not None:
@@ -86,7 +87,9 @@ def compact_table(rows: list[dict]) -> str:
         columns.append("n")
     measured = [column for column in ("eval_accuracy", "delta_accuracy_vs_float32", "train_examples_per_sec",
                                       "speedup_vs_float32", "peak_tensor_mb", "step_memory_vs_float32", "max_batch",
-                                      "max_batch_examples_per_sec") if any(row.get(column) is not None for row in rows)]
+                                      "max_batch_examples_per_sec", "target_reached_runs", "time_to_target_s",
+                                      "target_score_s", "time_to_target_vs_float32")
+                if any(row.get(column) is not None for row in rows)]
     columns += measured or ["eval_accuracy"]
     if any(row["status"] != "FINISHED" for row in rows):
         columns.append("status")
@@ -95,7 +98,9 @@ def compact_table(rows: list[dict]) -> str:
                "speedup_vs_float32": "speedup", "jit_compile": "jit", "peak_tensor_mb": "tensor MiB",
                "parameters": "params",
                "step_memory_vs_float32": "step memory", "max_batch": "fits batch",
-               "max_batch_examples_per_sec": "examples/s there"}
+               "max_batch_examples_per_sec": "examples/s there", "target_reached_runs": "reached",
+               "time_to_target_s": "to target s", "target_score_s": "MLPerf score s",
+               "time_to_target_vs_float32": "time vs float32"}
     cells = [[headers.get(column, column) for column in columns]]
     cells += [[cell(row, column) for column in columns] for row in rows]
     widths = [max(len(line[index]) for line in cells) for index in range(len(columns))]

@@ -100,6 +100,7 @@ class DataConfig:
     class_names: list[str] = MISSING
     train: SplitConfig = MISSING
     test: SplitConfig = MISSING
+    validation_size: int | None = None
 
 
 @dataclasses.dataclass
@@ -151,6 +152,9 @@ class TrainConfig:
     checkpoint_dir: str = MISSING
     resume: str | None = MISSING
     memory_budget_mb: float | None = None
+    target_accuracy: float | None = None
+    eval_every_steps: int | None = None
+    stop_at_target: bool = True
 
 
 @dataclasses.dataclass
@@ -247,11 +251,13 @@ def validate(config, in_sweep: bool = False) -> None:
                       "infer.throughput_runs")
     if config.get("repeats", 1) < 1:
         raise ConfigError(f"repeats={config.repeats} must be positive")
-    for optional_key in ("max_steps", "checkpoint_every_steps", "divergence_factor", "memory_budget_mb"):
+    for optional_key in ("max_steps", "checkpoint_every_steps", "divergence_factor", "memory_budget_mb",
+                         "eval_every_steps"):
         if config.train[optional_key] is not None:
             _require_positive(config, f"train.{optional_key}")
     _check_data_shape(config.data)
-    train_size = config.data.train.size
+    _check_target(config)
+    train_size = config.data.train.size - (config.data.get("validation_size") or 0)
     if config.data.batch_size > train_size:
         raise ConfigError(f"data.batch_size={config.data.batch_size} exceeds the {train_size} training examples "
                           f"of {config.data.name}; use at most {train_size}")
@@ -319,6 +325,18 @@ def _check_data_shape(data_config) -> None:
     for split in ("train", "test"):
         if data_config[split].size < 1:
             raise ConfigError(f"data.{split}.size={data_config[split].size} must be positive: the split's examples")
+
+
+def _check_target(config) -> None:
+    target = config.train.get("target_accuracy")
+    if target is not None and not 0 < target <= 1:
+        raise ConfigError(f"train.target_accuracy={target} must be in (0, 1], a share of the evaluation split right; "
+                          "or null to train the whole budget")
+    validation_size = config.data.get("validation_size")
+    if validation_size is not None and not 0 < validation_size < config.data.train.size:
+        raise ConfigError(f"data.validation_size={validation_size} must be between 1 and {config.data.train.size - 1} "
+                          f"(the training split's {config.data.train.size} examples less one), or null to evaluate "
+                          "during training on the test split")
 
 
 def _require_positive(config, *keys: str) -> None:

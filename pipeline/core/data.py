@@ -70,8 +70,16 @@ class Datasets:
     class_names: list[str] | None = None  # None: the labels' numbers
     name: str = "unnamed"  # data.name
     source: str = ""  # where the splits were read: the IDX folder, or TFDS's prepared <data_dir>/<name>/<version>
+    validation: Split | None = None  # data.validation_size examples held out of train: evaluations during training
+
+    @property
+    def during_training(self) -> tuple[str, Split]:
+        """The split that evaluations during training read, and its name: the validation split where one
+        is held out, the test split otherwise (as MLPerf evaluates)."""
+        return ("validation", self.validation) if self.validation is not None else ("test", self.test)
 
 
+VALIDATION_SEED = 0  # one draw of the validation examples for every job: seeds then differ in training alone
 _last_read: dict[tuple, tuple[dict[str, Split], str]] = {}  # the splits read last in this process, by where from
 
 
@@ -93,6 +101,9 @@ def load_datasets(data_config: "DataConfig") -> Datasets:
             raise DataError(f"data.name={data_config.name} from {source}: the {name} split holds no examples; point "
                             "data.tfds_data_dir (or data.idx_dir) at a prepared copy of the dataset")
         _check_split(split, name, data_config, source)
+    validation = None
+    if data_config.get("validation_size"):
+        train, validation = hold_out(train, data_config.validation_size)
     if data_config.batch_size > len(train.labels):
         raise DataError(
             f"data.batch_size={data_config.batch_size} exceeds the {len(train.labels)} training examples; "
@@ -106,7 +117,22 @@ def load_datasets(data_config: "DataConfig") -> Datasets:
         class_names=list(data_config.class_names),
         name=data_config.name,
         source=source,
+        validation=validation,
     )
+
+
+def hold_out(split: Split, count: int) -> tuple[Split, Split]:
+    """`count` examples drawn from `split` (the same ones every time), and the rest in their order.
+
+    Raises:
+        DataError: the split has no more than `count` examples.
+    """
+    if not 0 < count < len(split.labels):
+        raise DataError(f"data.validation_size={count} must be less than the {len(split.labels)} training examples "
+                        "read; pass a smaller data.validation_size")
+    drawn = np.random.default_rng(VALIDATION_SEED).permutation(len(split.labels))
+    held, kept = drawn[:count], np.sort(drawn[count:])
+    return Split(split.images[kept], split.labels[kept]), Split(split.images[held], split.labels[held])
 
 
 def _check_split(split: Split, name: str, data_config: "DataConfig", source: str) -> None:

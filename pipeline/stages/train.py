@@ -18,13 +18,14 @@ import numpy as np
 from pipeline import PipelineError
 from pipeline.core import data, device, distribute
 from pipeline.core.config import JitCompile, TrainConfig, jit_mode
-from pipeline.training import batch_order, compile_mode, memory, steps
+from pipeline.training import batch_order, compile_mode, memory, steps, target
 
 # Receives a metric name and its (step, value) points; the entry point passes one that logs to
 # MLflow, tests pass a list's append or nothing.
 MetricSink = Callable[[str, list[tuple[int, float]]], None]
-# Receives (step, total steps, epoch, loss, examples/s) after every compiled call: live progress.
-ProgressSink = Callable[[int, int, int, float, float | None], None]
+# Receives (step, total steps, epoch, loss, examples/s, the latest evaluation's accuracy) after every compiled
+# call: live progress.
+ProgressSink = Callable[[int, int, int, float, float | None, float | None], None]
 logger = logging.getLogger("pipeline")
 _FLUSH_SECONDS = 30  # longest a train/loss point waits before it is logged
 
@@ -82,6 +83,7 @@ class TrainResult:
     split_tensor_mb: float | None = None  # the device-resident training split, left out of the two figures above
     peak_tensor_mb_per_device: dict[str, float] = dataclasses.field(default_factory=dict)  # several GPUs only
     memory_estimate: memory.Estimate | None = None  # where the step's memory goes, from shapes and dtypes
+    target_summary: target.TargetSummary | None = None  # evaluations during training and the time to target accuracy
 
     def metrics(self) -> dict[str, float]:
         """The summary metrics under their MLflow names (train/loss is logged as a history)."""
@@ -109,24 +111,27 @@ class TrainResult:
         if self.loss_scale is not None:
             metrics["train/loss_scale"] = self.loss_scale
             metrics["train/skipped_steps"] = self.skipped_steps
-        return metrics | self.jit.metrics()
+        return metrics | self.jit.metrics() | (self.target_summary.metrics() if self.target_summary else {})
 
     def tags(self) -> dict[str, str]:
-        return {"train.peak_memory_source": self.peak_memory_source} | self.jit.tags()
+        return ({"train.peak_memory_source": self.peak_memory_source} | self.jit.tags()
+                | (self.target_summary.tags() if self.target_summary else {}))
 
 
 def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig, policy: str,
           log_metric: MetricSink | None = None, optimizer=None, start_step: int = 0,
           on_steps_done: Callable[[int], None] | None = None, strategy=None,
           progress: ProgressSink | None = None, calls: steps.Calls | None = None) -> TrainResult:
-    """Trains for train.epochs passes, or train.max_steps optimizer steps if that comes first.
+    """Trains for train.epochs passes, or train.max_steps optimizer steps if that comes first; with
+    train.target_accuracy, until an evaluation reaches it (train.stop_at_target).
 
     Args:
         model: built under `policy`.
         datasets: the training split is read from `datasets.train`.
         train_config: the train config group.
         policy: the precision policy the model was built under.
-        log_metric: receives the train/loss points, in one batch an epoch (or every 30 s) and at the end.
+        log_metric: receives the train/loss points, in one batch an epoch (or every 30 s) and at the end, and
+            each evaluation's accuracy and the clock's seconds (train/elapsed_s) when it happens.
         optimizer: an optimizer to continue with (a restored checkpoint's); a new one if None.
         start_step: steps already taken (resuming); the data order continues from there.
         on_steps_done: called with the step count after every call (checkpointing).
@@ -144,34 +149,41 @@ def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig
                                    train_config.seed)
     total_steps = min(train_config.epochs * order.steps_per_epoch, train_config.max_steps or math.inf)
     calls = calls or steps.Calls(model, optimizer, strategy)
+    split_name, evaluation_split = datasets.during_training
+    evaluations = target.Evaluations(train_config.target_accuracy, train_config.eval_every_steps,
+                                     train_config.stop_at_target, order.steps_per_epoch, split_name)
     tensor_devices = device.tensor_devices(strategy)
     before_split = {name: device.tensor_memory_mb(name)[0] for name in tensor_devices}
     split_on_device = steps.device_split(datasets.train, strategy)  # one copy, shared by the probe's calls
-    # What the allocator gave the split (more than its bytes: it rounds a large request up to its region).
+    evaluation_on_device = steps.device_split(evaluation_split) if evaluations.every else None
+    # What the allocator gave the splits (more than their bytes: it rounds a large request up to its region).
     split_mb = {name: device.tensor_memory_mb(name)[0] - before_split[name] for name in tensor_devices}
     choice = _choose_jit_mode(calls, split_on_device, train_config, policy, order, start_step, tensor_devices)
     for probed in choice.step_ms if choice.source == "probe" else ():
         calls.compiled[JitCompile(probed)].add((choice.compiled_steps, order.batch_shape))
     train_call = calls.bound(choice.mode, split_on_device)
     compiled_shapes = calls.compiled[choice.mode]
-    call_seconds, call_steps, warmup, loss_points = [], [], [], []
-    step, loss_value, steady_examples_per_sec = start_step, math.nan, None
+    calls_made: list[target.TimedCall] = []
+    loss_points = []
+    step, loss_value, steady_examples_per_sec, stop = start_step, math.nan, None, False
     last_flush = time.monotonic()
     divergence = DivergenceCheck(train_config.divergence_factor, train_config.learning_rate, datasets.num_classes)
     device.reset_peak_memory()
     tensor_memory = memory.CallMemory(tensor_devices, excluded_mb=split_mb)
+    clock_start = time.perf_counter()  # time to target: from the first training call (a resumed job: this process's)
     try:
-        while step < total_steps:
+        while step < total_steps and not stop:
             step_count = min(train_config.steps_per_call, total_steps - step,
                              _steps_to_boundary(step, train_config.checkpoint_every_steps))
             tensor_memory.before_call()
             started = time.perf_counter()
             losses = train_call(order.indices(step, step_count)).numpy()  # the call's one host sync
-            call_seconds.append(time.perf_counter() - started)
-            call_steps.append(step_count)
+            ended = time.perf_counter()
             # The first call of each shape (step count, batch) compiles a program: warm-up, not step time.
-            warmup.append((step_count, order.batch_shape) not in compiled_shapes)
-            tensor_memory.after_call(compiled=warmup[-1])
+            call = target.TimedCall(step_count, ended - started, ended - clock_start,
+                                    compiled=(step_count, order.batch_shape) not in compiled_shapes)
+            calls_made.append(call)
+            tensor_memory.after_call(compiled=call.compiled)
             compiled_shapes.add((step_count, order.batch_shape))
             loss_points += [(step + offset + 1, float(loss)) for offset, loss in enumerate(losses)
                             if (step + offset + 1) % train_config.log_every_steps == 0]
@@ -184,17 +196,20 @@ def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig
                 loss_points, last_flush = [], time.monotonic()
             if on_steps_done:
                 on_steps_done(step)
-            if not warmup[-1]:  # a compiling call's rate is mostly its compile: progress shows the last steady one
-                steady_examples_per_sec = step_count * batch_size / call_seconds[-1]
+            if evaluations.due(step - step_count, step, total_steps):
+                stop = _evaluate(calls, evaluation_on_device, batch_size, step, clock_start, evaluations, log_metric)
+            if not call.compiled:  # a compiling call's rate is mostly its compile: progress shows the last steady one
+                steady_examples_per_sec = step_count * batch_size / call.seconds
             if progress:
-                progress(step, total_steps, (step - 1) // order.steps_per_epoch, loss_value, steady_examples_per_sec)
+                progress(step, total_steps, (step - 1) // order.steps_per_epoch, loss_value, steady_examples_per_sec,
+                         evaluations.done[-1].accuracy if evaluations.done else None)
     finally:
         if log_metric and loss_points:  # at the end, and on Ctrl-C or an error: keep what was measured
             log_metric("train/loss", loss_points)
-    if not call_seconds:
+    if not calls_made:
         raise ValueError("training ran no step; raise train.epochs or train.max_steps")
-    trained = _summarize(model, optimizer, step, loss_value, call_seconds, call_steps, warmup, batch_size, choice,
-                         tensor_memory)
+    trained = _summarize(model, optimizer, step, loss_value, calls_made, batch_size, choice, tensor_memory)
+    trained.target_summary = evaluations.summary(calls_made, batch_size)
     # For one replica's share of the batch: what each GPU of a strategy holds.
     trained.memory_estimate = memory.estimate(model, optimizer, order.batch_shape[-1])
     budget, held = train_config.memory_budget_mb, trained.peak_tensor_mb + trained.split_tensor_mb
@@ -227,14 +242,27 @@ def _choose_jit_mode(calls: steps.Calls, split_on_device: tuple, train_config: T
     )
 
 
+def _evaluate(calls: steps.Calls, split_on_device: tuple, batch_size: int, step: int, clock_start: float,
+              evaluations: target.Evaluations, log_metric: MetricSink | None) -> bool:
+    """Evaluates the model as it is after `step` steps, on the clock; True when training should stop."""
+    started = time.perf_counter()
+    accuracy, traced = calls.accuracy(split_on_device, batch_size)
+    ended = time.perf_counter()
+    if log_metric:  # now, not batched: MLflow's charts then show it at its own time
+        log_metric(evaluations.metric, [(step, accuracy)])
+        log_metric("train/elapsed_s", [(step, ended - clock_start)])
+    return evaluations.record(target.Evaluation(step, accuracy, elapsed_s=ended - clock_start,
+                                                seconds=ended - started, compiled=traced))
+
+
 def _steps_to_boundary(step: int, every: int | None) -> int:
     return every - step % every if every else math.inf
 
 
-def _summarize(model, optimizer, step, loss_value, call_seconds, call_steps, warmup, batch_size,
+def _summarize(model, optimizer, step, loss_value, calls_made: list[target.TimedCall], batch_size,
                choice: compile_mode.Choice, tensor_memory: memory.CallMemory) -> TrainResult:
-    timed = [index for index, compiling in enumerate(warmup) if not compiling] or list(range(len(call_seconds)))
-    seconds, step_counts = np.array(call_seconds)[timed], np.array(call_steps)[timed]
+    timed = [call for call in calls_made if not call.compiled] or calls_made
+    seconds, step_counts = np.array([call.seconds for call in timed]), np.array([call.steps for call in timed])
     per_step_seconds = seconds / step_counts
     peak_memory_mb, peak_memory_source = device.read_peak_memory_mb()
     loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
@@ -254,8 +282,8 @@ def _summarize(model, optimizer, step, loss_value, call_seconds, call_steps, war
         step_transient_mb=tensor_memory.transient_mb(),
         peak_tensor_mb_per_device=tensor_memory.per_device_mb(),
         split_tensor_mb=sum(tensor_memory.excluded_mb.values()),
-        warmup_seconds=float(sum(seconds for seconds, compiling in zip(call_seconds, warmup) if compiling)),
-        warmup_calls=sum(warmup),
+        warmup_seconds=float(sum(call.seconds for call in calls_made if call.compiled)),
+        warmup_calls=sum(call.compiled for call in calls_made),
         jit=choice,
         skipped_steps=step - int(optimizer.iterations.numpy()) if loss_scaled else 0,
         loss_scale=float(optimizer.dynamic_scale.numpy()) if loss_scaled else None,

@@ -89,11 +89,14 @@ def log_config(config: DictConfig, overrides: list[str]) -> None:
 
 
 def log_datasets(datasets) -> None:
-    """The job's splits as MLflow dataset inputs (name, source, digest; context training or testing), so
-    the UI's Dataset column says what each run trained on."""
+    """The job's splits as MLflow dataset inputs (name, source, digest; context training, testing or
+    validation), so the UI's Dataset column says what each run trained on."""
     import mlflow.data
 
-    for context, split_name, split in (("training", "train", datasets.train), ("testing", "test", datasets.test)):
+    splits = [("training", "train", datasets.train), ("testing", "test", datasets.test)]
+    if datasets.validation is not None:
+        splits.append(("validation", "validation", datasets.validation))
+    for context, split_name, split in splits:
         with warnings.catch_warnings():
             # MLflow registers its local-path source twice and warns that a path matches both; either is right.
             warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
@@ -132,8 +135,8 @@ def log_metric_history(name: str, points: list[tuple[int, float]]) -> None:
         store.client().log_batch(run_id, metrics=metrics[start : start + _LOG_BATCH_LIMIT], synchronous=True)
 
 
-def log_metrics(metrics: dict[str, float]) -> None:
-    mlflow.log_metrics({name: float(value) for name, value in metrics.items()})
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    mlflow.log_metrics({name: float(value) for name, value in metrics.items()}, step=step)
 
 
 def set_tags(tags: dict[str, str]) -> None:

@@ -6,6 +6,7 @@ import pathlib
 import socket
 import sqlite3
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import mlflow
@@ -61,18 +62,30 @@ def prepare(tracking_config: TrackingConfig) -> str:
         return store.get_experiment_by_name(tracking_config.experiment).experiment_id
 
 
-def ui_links(tracking_config: TrackingConfig, experiment_id: str, run_id: str | None = None) -> tuple[str, str | None]:
-    """The MLflow UI's page for a run, or for the experiment's runs in the Model-training view, and the
-    command that serves the UI for a local store (None for a tracking server, which serves it itself).
+def ui_links(tracking_config: TrackingConfig, experiment_id: str, run_id: str | None = None,
+             parent_run_id: str | None = None, order_by: tuple[str, bool] = ("eval/accuracy", False)
+             ) -> tuple[str, str | None]:
+    """The MLflow UI's page for a run, or for the experiment's runs in the Model-training view (with
+    `parent_run_id`: that sweep's jobs in the chart view, ordered by the metric `order_by` names, ascending
+    or not), and the command that serves the UI for a local store (None for a tracking server, which
+    serves it itself).
 
-    MLflow 3's UI picks its Model-training or GenAI view from the URL's workflowType (or the
-    browser's last choice); it does not read the experiment's kind.
+    MLflow 3's UI picks its Model-training or GenAI view from the URL's workflowType (or the browser's
+    last choice); it does not read the experiment's kind. It keeps its runs page's search filter, order
+    and table or chart view in the URL too (searchFilter, orderByKey, compareRunsMode). It nests child
+    runs under their collapsed parent unless a filter is set and the order is not by start time, so the
+    link sets both: the sweep's jobs are then listed and charted themselves.
     """
     uri = str(tracking_config.uri)
     served = uri.startswith(("http://", "https://"))
     base = uri.rstrip("/") if served else "http://127.0.0.1:5000"
     page = f"runs/{run_id}" if run_id else "runs"
-    url = f"{base}/#/experiments/{experiment_id}/{page}?workflowType=machine_learning"
+    query = {"workflowType": "machine_learning"}
+    if parent_run_id:
+        metric, ascending = order_by
+        query |= {"searchFilter": f"tags.mlflow.parentRunId = '{parent_run_id}'", "orderByKey": f"metrics.`{metric}`",
+                  "orderByAsc": str(ascending).lower(), "compareRunsMode": "CHART"}
+    url = f"{base}/#/experiments/{experiment_id}/{page}?{urllib.parse.urlencode(query, quote_via=urllib.parse.quote)}"
     return url, None if served else f"mlflow ui --backend-store-uri {uri}"
 
 

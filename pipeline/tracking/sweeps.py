@@ -70,6 +70,20 @@ def metric_histories(tracking_config: TrackingConfig, runs: list, name: str) -> 
             for run in runs}
 
 
+def accuracy_curves(tracking_config: TrackingConfig, runs: list) -> dict[str, list[tuple[float, float]]]:
+    """Each run's (seconds on its clock, accuracy) at its evaluations during training, by run id: the runs
+    that evaluated during training (their train.evaluation_metric tag), two requests each."""
+    curves = {}
+    for run in runs:
+        metric = run.data.tags.get("train.evaluation_metric")
+        if metric:
+            accuracy = dict(metric_histories(tracking_config, [run], metric)[run.info.run_id])
+            elapsed = metric_histories(tracking_config, [run], "train/elapsed_s")[run.info.run_id]
+            curves[run.info.run_id] = [(seconds, accuracy[step]) for step, seconds in sorted(elapsed)
+                                       if step in accuracy]
+    return curves
+
+
 def log_report(tracking_config: TrackingConfig, parent_run, report_dir) -> None:
     """The report's files, on the sweep's parent run under report/."""
     store.client(tracking_config.uri).log_artifacts(parent_run.info.run_id, str(report_dir), "report")

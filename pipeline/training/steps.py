@@ -166,6 +166,7 @@ class Calls:
         self.model, self.optimizer, self.strategy = model, optimizer, strategy
         self._functions: dict[JitCompile, object] = {}
         self.compiled: dict[JitCompile, set[tuple]] = {}  # (step count, batch shape) each mode's call has compiled
+        self._count_correct = None
 
     def bound(self, mode: JitCompile, split_on_device: tuple):
         """The call of `mode` bound to the device-resident split: it then takes batch indices alone."""
@@ -174,6 +175,32 @@ class Calls:
                                      make_distributed_call(self.model, self.optimizer, mode, self.strategy))
             self.compiled[mode] = set()
         return functools.partial(self._functions[mode], *split_on_device)
+
+
+    def accuracy(self, split_on_device: tuple, batch_size: int) -> tuple[float, bool]:
+        """The model's accuracy in inference mode over a device-resident split (device_split), in one compiled
+        call (batches of `batch_size`, so it holds no more than a training step would); and whether this call
+        traced the evaluation program."""
+        traced = self._count_correct is None
+        if traced:  # kept with the model: a sweep's later jobs evaluate with the same program
+            self._count_correct = _count_correct_of(self.model)
+        images, labels = split_on_device
+        correct = self._count_correct(images, labels, tf.constant(batch_size))
+        return int(correct.numpy()) / int(labels.shape[0]), traced
+
+
+def _count_correct_of(model: keras.Model):
+    @tf.function
+    def count_correct(images, labels, batch_size):
+        count = tf.shape(labels)[0]
+        correct = tf.constant(0, tf.int64)
+        for start in tf.range(0, count, batch_size):  # a graph loop: one host sync for the whole split
+            logits = model(data.normalize(images[start : start + batch_size]), training=False)
+            predictions = tf.argmax(logits, axis=-1)
+            correct += tf.reduce_sum(tf.cast(predictions == labels[start : start + batch_size], tf.int64))
+        return correct
+
+    return count_correct
 
 
 def _each_step(batch_indices, run_step):
