@@ -40,21 +40,23 @@ FLOAT16_METRICS = {"train/loss_scale", "train/skipped_steps"}
 
 
 def run_module(module: str, arguments: list[str], cwd: pathlib.Path, timeout: float = 600,
-               environment: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+               environment: dict[str, str | None] | None = None) -> subprocess.CompletedProcess:
     """Runs `python -m <module> <arguments>` as a user would, from `cwd`, with `environment` added."""
     return subprocess.run([sys.executable, "-m", module, *arguments], cwd=cwd, env=python_environment(environment),
                           capture_output=True, text=True, timeout=timeout)
 
 
 def run_pipeline(arguments: list[str], cwd: pathlib.Path, timeout: float = 600,
-                 environment: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+                 environment: dict[str, str | None] | None = None) -> subprocess.CompletedProcess:
     """`python -m pipeline <arguments>`, as run_module."""
     return run_module("pipeline", arguments, cwd, timeout, environment)
 
 
-def python_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """This process's environment with this checkout importable, for Python subprocesses."""
-    return os.environ | {"PYTHONPATH": str(REPO_ROOT), "HYDRA_FULL_ERROR": "1"} | (extra or {})
+def python_environment(extra: dict[str, str | None] | None = None) -> dict[str, str]:
+    """This process's environment with this checkout importable, for Python subprocesses; a None in `extra`
+    removes that variable."""
+    environment = os.environ | {"PYTHONPATH": str(REPO_ROOT), "HYDRA_FULL_ERROR": "1"} | (extra or {})
+    return {name: value for name, value in environment.items() if value is not None}
 
 
 def sweep_arguments(store: Store, real_data: list[str]) -> list[str]:

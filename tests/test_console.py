@@ -10,7 +10,7 @@ import urllib.parse
 import urllib.request
 
 import pytest
-from helpers import FASHION_MNIST_DIR, QUICK_INFER, mlflow_server, run_pipeline
+from helpers import CONTRACT_METRICS, FASHION_MNIST_DIR, FLOAT16_METRICS, QUICK_INFER, mlflow_server, run_pipeline
 
 from pipeline import console
 from pipeline.core import data
@@ -87,17 +87,29 @@ def test_console_lines_are_short_and_mark_warnings():
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_a_sweep_prints_our_lines_only_and_verbose_brings_the_rest_back(tmp_path, store, real_data):
-    result = run_pipeline(["-m", "precision=float32,mixed_bfloat16", "data.batch_size=64,128", *real_data,
+def test_a_two_by_two_sweep_finishes_every_job_prints_our_lines_only_and_verbose_brings_the_rest_back(
+        tmp_path, store, real_data):
+    # As a user runs it: without the TF_CPP_MIN_LOG_LEVEL this suite sets for its own output (the pipeline's
+    # default silences TensorFlow's C++ errors too, such as emulated float16's oneDNN fallback notes).
+    result = run_pipeline(["-m", "precision=float32,mixed_float16", "data.batch_size=64,128", *real_data,
                            "train.max_steps=60", "train.jit_compile=step", *QUICK_INFER, *store.overrides],
-                          cwd=tmp_path)
+                          cwd=tmp_path, environment={"TF_CPP_MIN_LOG_LEVEL": None})
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
+    _, runs = store.sweep()
+    assert sorted((run.data.params["precision.policy"], run.data.params["data.batch_size"]) for run in runs) == [
+        ("float32", "128"), ("float32", "64"), ("mixed_float16", "128"), ("mixed_float16", "64")]
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        float16 = run.data.params["precision.policy"] == "mixed_float16"
+        assert CONTRACT_METRICS | (FLOAT16_METRICS if float16 else set()) <= run.data.metrics.keys(), run.info.run_name
+        assert run.data.metrics["infer/agreement"] >= 0.99
+    assert len(list((tmp_path / "multirun").rglob("saved_model.pb"))) == 4  # one export per job
     assert not CHATTER.findall(output), CHATTER.findall(output)
     # 60 steps are a call of 50 and one of 10, both compiling: no steady rate to show yet.
     assert len(re.findall(r"mlp-\w+-bs\d+: step 60/60, epoch 1, loss \d\.\d{4}$", output, re.MULTILINE)) == 4
     assert len(re.findall(r"mlp-\w+-bs\d+: eval accuracy 0\.\d{4}, [\d,]+ train examples/s", output)) == 4
-    assert "mixed_bfloat16 vs float32, mlp, batch 64, 1 seed: accuracy " in output
+    assert "mixed_float16 vs float32, mlp, batch 64, 1 seed: accuracy " in output
     # The sweep's link: its jobs (a search on their parent run) in the chart view.
     assert re.search(r"runs:   http://127\.0\.0\.1:5000/#/experiments/\d+/runs\?workflowType=machine_learning"
                      r"&searchFilter=tags\.mlflow\.parentRunId%20%3D%20%27\w+%27\S*&compareRunsMode=CHART  "
