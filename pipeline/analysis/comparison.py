@@ -175,12 +175,12 @@ def _configuration_row(jobs: list[dict], pairs: list[tuple[dict, dict]]) -> dict
         row[f"{column}_std"] = statistics.standard_deviation(job.get(column) for job in jobs)
     delta = statistics.mean_interval(_difference(job.get("eval_accuracy"), partner.get("eval_accuracy"))
                                      for job, partner in pairs)
-    speedup = statistics.ratio_interval(_ratio(job.get("train_examples_per_sec"),
+    speedup = statistics.ratio_interval(statistics.ratio(job.get("train_examples_per_sec"),
                                                partner.get("train_examples_per_sec")) for job, partner in pairs)
     _put(row, "delta_accuracy_vs_float32", "delta_accuracy", delta)
     _put(row, "speedup_vs_float32", "speedup", speedup)
     _put(row, "step_memory_vs_float32", "step_memory", statistics.ratio_interval(
-        _ratio(job.get("step_transient_mb"), partner.get("step_transient_mb")) for job, partner in pairs))
+        statistics.ratio(job.get("step_transient_mb"), partner.get("step_transient_mb")) for job, partner in pairs))
     row["memory_estimate"] = first.get("memory_estimate")
     compared = not precision.is_reference(first["policy"])
     row["accuracy_verdict"] = statistics.accuracy_verdict(delta) if compared else None
@@ -216,6 +216,3 @@ def _put(row: dict, column: str, prefix: str, estimate) -> None:
 def _difference(value, baseline):
     return None if value is None or baseline is None else value - baseline
 
-
-def _ratio(value, baseline):
-    return None if value is None or not baseline else value / baseline

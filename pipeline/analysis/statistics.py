@@ -57,6 +57,11 @@ def ratio_interval(ratios, confidence: float = CONFIDENCE) -> Estimate | None:
     return Estimate(math.exp(logs.mean), logs.n, math.exp(logs.low), math.exp(logs.high))
 
 
+def ratio(value, baseline) -> float | None:
+    """value / baseline for a pair, None where either is missing (or the baseline is 0)."""
+    return None if value is None or not baseline else value / baseline
+
+
 def standard_deviation(values) -> float | None:
     values = [value for value in values if value is not None]
     return float(np.std(values, ddof=1)) if len(values) >= 2 else None

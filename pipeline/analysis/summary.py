@@ -12,6 +12,7 @@ _FORMATS = {
     "max_batch_examples_per_sec": "{:,.0f}", "parameters": "{:,.0f}",
     "infer_latency_ms_p50": "{:.3f}", "learning_rate": "{:.3g}", "most_changed_class_delta": "{:+.4f}",
     "time_to_target_s": "{:.1f}", "target_score_s": "{:.1f}", "time_to_target_vs_float32": "{:.2f}x",
+    "time_to_target_without_compile_s": "{:.1f}", "steps_to_target": "{:,.0f}",
 }
 
 

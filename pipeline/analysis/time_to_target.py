@@ -12,6 +12,7 @@ import pathlib
 import statistics
 
 from pipeline.analysis import statistics as statistics_lib
+from pipeline.analysis import summary
 from pipeline.core import precision
 
 METRICS = {  # report column -> MLflow metric
@@ -69,7 +70,7 @@ def add_to_row(row: dict, jobs: list[dict], pairs: list[tuple[dict, dict]]) -> N
     if precision.is_reference(row["policy"]):
         return
     ratio = statistics_lib.ratio_interval(
-        _ratio(job.get("time_to_target_s"), partner.get("time_to_target_s"))
+        statistics_lib.ratio(job.get("time_to_target_s"), partner.get("time_to_target_s"))
         for job, partner in pairs if partner.get("target_accuracy") == row["target_accuracy"])
     row["time_to_target_vs_float32"] = ratio.mean if ratio else None
     row["time_to_target_low"], row["time_to_target_high"] = (ratio.low, ratio.high) if ratio else (None, None)
@@ -113,24 +114,8 @@ def to_markdown(rows: list[dict]) -> str:
     if not timed:
         return ""
     lines = ["| " + " | ".join(_COLUMNS.values()) + " |", "|" + "---|" * len(_COLUMNS)]
-    lines += ["| " + " | ".join(cell(row, column) for column in _COLUMNS) + " |" for row in timed]
+    lines += ["| " + " | ".join(summary.cell(row, column) for column in _COLUMNS) + " |" for row in timed]
     return "\n".join(lines)
-
-
-def cell(row: dict, column: str) -> str:
-    value = row.get(column)
-    if value is None:
-        return "-"
-    if column in ("time_to_target_s", "time_to_target_without_compile_s", "steps_to_target"):
-        text = f"{value:,.0f}" if column == "steps_to_target" else f"{value:.1f}"
-        spread = row.get(f"{column}_std")
-        return text + (f" ± {spread:,.0f}" if column == "steps_to_target" else f" ± {spread:.1f}") if spread else text
-    if column == "time_to_target_vs_float32":
-        low = row.get("time_to_target_low")
-        return f"{value:.2f}x" + (f" ({low:.2f}..{row['time_to_target_high']:.2f})" if low is not None else "")
-    if column == "target_score_s":
-        return f"{value:.1f}"
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def plot(pyplot, job_rows: list[dict], output_dir: pathlib.Path, save) -> list[pathlib.Path]:
@@ -158,7 +143,3 @@ def plot(pyplot, job_rows: list[dict], output_dir: pathlib.Path, save) -> list[p
     axes.set(xlabel="seconds since the first training step", ylabel="accuracy during training",
              title="accuracy against wall-clock time")
     return [save(figure, axes, output_dir / "accuracy_vs_time.png")]
-
-
-def _ratio(value, baseline):
-    return None if value is None or not baseline else value / baseline

@@ -73,14 +73,15 @@ def metric_histories(tracking_config: TrackingConfig, runs: list, name: str) -> 
 def accuracy_curves(tracking_config: TrackingConfig, runs: list) -> dict[str, list[tuple[float, float]]]:
     """Each run's (seconds on its clock, accuracy) at its evaluations during training, by run id: the runs
     that evaluated during training (their train.evaluation_metric tag), two requests each."""
-    curves = {}
+    client, curves = store.client(tracking_config.uri), {}
     for run in runs:
         metric = run.data.tags.get("train.evaluation_metric")
         if metric:
-            accuracy = dict(metric_histories(tracking_config, [run], metric)[run.info.run_id])
-            elapsed = metric_histories(tracking_config, [run], "train/elapsed_s")[run.info.run_id]
-            curves[run.info.run_id] = [(seconds, accuracy[step]) for step, seconds in sorted(elapsed)
-                                       if step in accuracy]
+            accuracy = {point.step: point.value for point in client.get_metric_history(run.info.run_id, metric)}
+            elapsed = client.get_metric_history(run.info.run_id, "train/elapsed_s")
+            curves[run.info.run_id] = [(point.value, accuracy[point.step])
+                                       for point in sorted(elapsed, key=lambda point: point.step)
+                                       if point.step in accuracy]
     return curves
 
 
