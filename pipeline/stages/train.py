@@ -7,6 +7,7 @@ call, not once a step.
 """
 
 import dataclasses
+import gc
 import logging
 import math
 import time
@@ -153,6 +154,9 @@ def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig
     evaluations = target.Evaluations(train_config.target_accuracy, train_config.eval_every_steps,
                                      train_config.stop_at_target, order.steps_per_epoch, split_name)
     tensor_devices = device.tensor_devices(strategy)
+    # Tensors of earlier code that are already garbage would otherwise be freed mid-reading (the collector runs
+    # when the split's arrays are made) and hide the split's own allocation.
+    gc.collect()
     before_split = {name: device.tensor_memory_mb(name)[0] for name in tensor_devices}
     split_on_device = steps.device_split(datasets.train, strategy)  # one copy, shared by the probe's calls
     evaluation_on_device = steps.device_split(evaluation_split) if evaluations.every else None
