@@ -16,9 +16,13 @@ _QUIET_ENVIRONMENT = {
     "TF_CPP_MIN_LOG_LEVEL": "3",  # TensorFlow's C++ start-up lines, oneDNN notes, CUDA stubs on a CPU machine
     "MLFLOW_LOGGING_LEVEL": "WARNING",  # "Validating input example", "Creating initial MLflow database tables"
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # "Downloading artifacts" bars after every logged model
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # "View run ... at" per run ended on a server: our summary links
 }
 _QUIET_LOGGERS = {"mlflow": logging.WARNING, "alembic": logging.WARNING, "matplotlib": logging.ERROR,
-                  "absl": logging.ERROR, "h5py": logging.ERROR, "tensorflow": logging.WARNING}
+                  "absl": logging.ERROR, "h5py": logging.ERROR, "tensorflow": logging.WARNING,
+                  # A server that stopped answering: urllib3 warns at each retry, MLflow's queue at each failed
+                  # batch; the job says it once (pipeline.tracking.offline).
+                  "urllib3": logging.ERROR, "mlflow.utils.async_logging": logging.CRITICAL}
 _MLFLOW_PRINTS = ("Successfully registered model", "Registered model", "Created version")
 quiet = False  # set by setup()
 

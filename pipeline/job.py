@@ -12,9 +12,9 @@ import pathlib
 import tempfile
 import time
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from pipeline import console
+from pipeline import console, preemption
 from pipeline.core import config as config_lib
 from pipeline.core import distribute
 
@@ -59,24 +59,68 @@ def run_job(config: DictConfig, overrides: list[str], sweep_id: str | None = Non
         return None
     from pipeline.tracking import runs, store
 
+    _continue_preempted(config)
     tags = _tags(config, sweep_id) | {"checkpoint.dir": str(config.train.checkpoint_dir)}
-    with runs.start_run(config.tracking, run_name, tags, resume_run_id=config.train.resume) as mlflow_run:
-        if not config.train.resume:
-            runs.log_config(config, overrides)
-        checkpoint_dir = mlflow_run.data.tags["checkpoint.dir"]  # a resumed run keeps its first job's folder
-        stopwatch = Stopwatch()
-        try:
-            result = _run_stages(config, run_name, mlflow_run.info.run_id, sweep_id, checkpoint_dir, stopwatch)
-        finally:
-            from pipeline.core import device
-
-            # Also when a stage failed: where the time went, and what the job left in memory.
-            in_use = {f"job/{name}_at_end": value for name, value in device.memory_in_use_mb().items()}
-            runs.log_metrics(stopwatch.metrics() | in_use)
+    try:
+        with runs.start_run(config.tracking, run_name, tags, resume_run_id=config.train.resume,
+                            offline_if_unreachable=sweep_id is not None) as tracked:
+            if not config.train.resume:
+                runs.log_config(config, overrides)
+            checkpoint_dir = tracked.kept.tags["checkpoint.dir"]  # a resumed run keeps its first job's folder
+            result = _run_stages_recording_stops(config, run_name, tracked.server_run_id, sweep_id, checkpoint_dir)
+    except preemption.JobStopped as stopped:
+        logger.error("%s", _stopped_line(run_name, stopped, tracked, overrides))
+        stopped.exit_at_once = tracked.offline_uri is not None
+        raise
+    preemption.clear_marker(checkpoint_dir)
+    if tracked.offline_uri:
+        logger.warning("%s", tracked.summary_line())
     # A sweep's jobs get one line each; the sweep's summary at its end leads to the UI.
-    links = None if sweep_id else store.ui_links(config.tracking, mlflow_run.info.experiment_id, mlflow_run.info.run_id)
+    links = None if sweep_id or tracked.offline_uri else store.ui_links(
+        config.tracking, tracked.run.info.experiment_id, tracked.server_run_id)
     console.print_job_summary(result, links)
     return result.accuracy
+
+
+def _run_stages_recording_stops(config, run_name, run_id, sweep_id, checkpoint_dir) -> "JobResult":
+    """The stages; where the time went and what memory the job left, also when a stage failed; a signal's
+    step noted beside its checkpoint, for a requeued job to continue this run."""
+    from pipeline.core import device
+    from pipeline.tracking import runs
+
+    stopwatch = Stopwatch()
+    try:
+        return _run_stages(config, run_name, run_id, sweep_id, checkpoint_dir, stopwatch)
+    except preemption.JobStopped as stopped:
+        runs.stopping()
+        if stopped.step is not None and run_id:  # a run offline from its start has no id to continue yet
+            preemption.write_marker(checkpoint_dir, run_id, stopped.step, stopped.signum)
+        raise
+    finally:
+        in_use = {f"job/{name}_at_end": value for name, value in device.memory_in_use_mb().items()}
+        runs.log_metrics(stopwatch.metrics() | in_use)
+
+
+def _continue_preempted(config: DictConfig) -> None:
+    """A job started where a preempted job left its checkpoint (a scheduler's requeue) continues that run."""
+    if config.train.resume:
+        return
+    preempted = preemption.preempted_run(config.train.checkpoint_dir)
+    if preempted:
+        logger.info("continuing run %s, stopped by %s at step %d (its checkpoint is in %s)", preempted["run_id"],
+                    preempted["signal"], preempted["step"], config.train.checkpoint_dir)
+        OmegaConf.update(config, "train.resume", preempted["run_id"])
+
+
+def _stopped_line(run_name: str, stopped, tracked, overrides: list[str]) -> str:
+    """The one line a signal leaves: which, at what step, where the run is, and the command that resumes it."""
+    where = f"at step {stopped.step:,}, checkpoint saved" if stopped.step is not None else "outside training"
+    kept = (f"; kept offline in {tracked.offline_dir} (python -m pipeline.sync uploads it)" if tracked.offline_uri
+            else "")
+    run_id = tracked.server_run_id or "<its id on the server, after pipeline.sync>"
+    command = " ".join(["python -m pipeline", *[item for item in overrides if not item.startswith("train.resume=")],
+                        f"train.resume={run_id}"])
+    return f"{run_name}: stopped by {stopped.name} {where}; run {run_id} KILLED{kept}; resume with: {command}"
 
 
 def _run_stages(config: DictConfig, run_name: str, run_id: str, sweep_id: str | None, checkpoint_dir: str,
@@ -101,6 +145,7 @@ def _run_stages(config: DictConfig, run_name: str, run_id: str, sweep_id: str | 
         runs.log_datasets(datasets)
     with stopwatch.part("train"), contextlib.closing(console.Progress(run_name)) as progress:
         trained = _build_and_train(config, strategy, datasets, checkpoint_dir, runs.log_metric_history, progress)
+        runs.flush()
         runs.log_metrics(trained.metrics())
         runs.set_tags(trained.tags())
     missed = _target_missed(config, trained)
@@ -140,9 +185,11 @@ def _run_stages(config: DictConfig, run_name: str, run_id: str, sweep_id: str | 
     # Logged and registered last, so a job that fails in any stage registers nothing.
     with stopwatch.part("log_model"):
         example = data.normalize(datasets.test.images[:2]).numpy()
-        model_uris = {"saved_model": models.log_model(exported.model, exported.saved_model_dir, example)}
-        model_uris |= {name: models.log_litert_model(name, path, example, datasets.num_classes)
-                       for name, path in exported.litert_files.items()}
+        model_uris = {"saved_model": runs.with_model_store(
+            lambda: models.log_model(exported.model, exported.saved_model_dir, example))}
+        model_uris |= {name: runs.with_model_store(
+            lambda name=name, path=path: models.log_litert_model(name, path, example, datasets.num_classes))
+            for name, path in exported.litert_files.items()}
     with stopwatch.part("register"):
         registered = [_register(config, model_uris[name], run_id, sweep_id, policy, exported.policy, name,
                                 evaluated.accuracy, figures, missed) for name, figures in inferred.items()]
@@ -167,10 +214,15 @@ def _build_and_train(config: DictConfig, strategy, datasets, checkpoint_dir: str
         with distribute.scope(strategy):
             checkpointer = checkpoints.Checkpointer(untrained, optimizer, checkpoint_dir,
                                                     config.train.checkpoint_every_steps)
-        start_step = checkpointer.restore_latest() if config.train.resume else 0
-        return train.train(untrained, datasets, config.train, policy, log_metric=log_metric, optimizer=optimizer,
-                           start_step=start_step, on_steps_done=checkpointer.save_if_due, strategy=strategy,
-                           progress=progress, calls=calls)
+        start_step, elapsed_s = checkpointer.restore_latest() if config.train.resume else (0, 0.0)
+        try:
+            return train.train(untrained, datasets, config.train, policy, log_metric=log_metric, optimizer=optimizer,
+                               start_step=start_step, on_steps_done=checkpointer.save_if_due, strategy=strategy,
+                               progress=progress, calls=calls, start_elapsed_s=elapsed_s)
+        except preemption.JobStopped as stopped:
+            if stopped.step is not None:  # the model is as it was after that step: a whole step to resume from
+                checkpointer.save(stopped.step, stopped.elapsed_s)
+            raise
 
 
 def _train_as_worker(config: DictConfig) -> None:
@@ -207,15 +259,19 @@ def _register(config, model_uri, run_id, sweep_id, policy, serving_policy, expor
         return f"{export_format} not registered ({refusal})"
     if not config.tracking.registered_model:
         return None
+    version_tags = {"precision.policy": policy, "export.policy": serving_policy, "export.format": export_format,
+                    "run_id": run_id, "data.batch_size": str(config.data.batch_size), "sweep.id": sweep_id or ""}
+    description = (
+        f"{config.model.name} trained on {config.data.name} under {policy} (batch {config.data.batch_size}), "
+        f"exported as {export_format} (serving policy {serving_policy}); eval accuracy {eval_accuracy:.4f}, "
+        f"{export_format} accuracy {figures.accuracy:.4f}, export parity {figures.agreement:.4f}")
     with console.without_mlflow_prints():  # the summary names the version
-        version = registry.register(model_uri, config.tracking.registered_model, {
-            "precision.policy": policy, "export.policy": serving_policy, "export.format": export_format,
-            "run_id": run_id, "data.batch_size": str(config.data.batch_size), "sweep.id": sweep_id or "",
-        }, description=(
-            f"{config.model.name} trained on {config.data.name} under {policy} (batch {config.data.batch_size}), "
-            f"exported as {export_format} (serving policy {serving_policy}); eval accuracy {eval_accuracy:.4f}, "
-            f"{export_format} accuracy {figures.accuracy:.4f}, export parity {figures.agreement:.4f}"
-        ))
+        version = runs.register_or_keep_pending(
+            lambda: registry.register(model_uri, config.tracking.registered_model, version_tags, description),
+            export_format, {"registered_model": config.tracking.registered_model, "tags": version_tags,
+                            "description": description, "accuracy": accuracy, "agreement": figures.agreement})
+    if version is None:
+        return None  # pending: the job's last line says so, with the command that makes it
     return f"{config.tracking.registered_model} version {version}" + (
         f" ({export_format})" if export_format != "saved_model" else "")
 

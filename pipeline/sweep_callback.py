@@ -38,6 +38,9 @@ class SweepTrackingCallback(Callback):
         from pipeline.tracking import sweeps
 
         self.tracking_config = config.tracking
+        from pipeline.tracking import offline
+
+        offline.apply_patience(config.tracking.patience_s)  # the sweep's own calls to the server wait no longer
         sweep_overrides = list(config.hydra.overrides.task)
         try:
             self.parent_run_id = sweeps.start_sweep(config.tracking, sweep_id_of(config.hydra),
@@ -51,7 +54,11 @@ class SweepTrackingCallback(Callback):
         from pipeline import console, report
         from pipeline.tracking import store, sweeps
 
-        parent_run = sweeps.find_sweep(config.tracking, sweep_id_of(config.hydra))
+        try:
+            parent_run = sweeps.find_sweep(config.tracking, sweep_id_of(config.hydra))
+        except store.TrackingError:
+            self._ended_offline(config)
+            return
         report_dir = os.path.join(config.hydra.sweep.dir, "report")
         sweep_report = report.write_report(config.tracking, parent_run, report_dir)
         search_results = os.path.join(config.hydra.sweep.dir, "optimization_results.yaml")
@@ -69,10 +76,25 @@ class SweepTrackingCallback(Callback):
             raise SystemExit(f"{len(failed)} of {len(sweep_report.jobs)} jobs failed: {', '.join(failed)}; "
                              "the others finished, see the report")
 
+    def _ended_offline(self, config: DictConfig) -> None:
+        """The server is gone at the sweep's end: its jobs kept their runs offline; sync, then report."""
+        from pipeline.tracking import sweeps
+
+        sweep_folder = sweep_id_of(config.hydra)
+        sweeps.note_ended_offline(sweep_folder)
+        self.parent_run_id = None
+        logger.warning("tracking server %s unreachable at the sweep's end: its jobs kept their runs under %s; upload "
+                       "them with: python -m pipeline.sync %s, then: python -m pipeline.report sweep_id=%s",
+                       config.tracking.uri, sweep_folder, sweep_folder, sweep_folder)
+
     def _end_if_open(self, status: str) -> None:
         if self.parent_run_id is None:
             return
         from pipeline.tracking import sweeps
 
-        sweeps.end_sweep(self.tracking_config, self.parent_run_id, status)
+        try:
+            sweeps.end_sweep(self.tracking_config, self.parent_run_id, status)
+        except Exception as error:  # at exit, with the server gone: the parent stays open until pipeline.sync
+            logger.warning("the sweep's parent run %s could not be ended %s at %s (%s)", self.parent_run_id, status,
+                           self.tracking_config.uri, type(error).__name__)
         self.parent_run_id = None

@@ -69,7 +69,7 @@ def compose(tmp_path):
     def compose_in_tmp_path(overrides: list[str], config_name: str = "config", return_hydra_config: bool = False):
         if config_name == "config":
             for key, folder in (("export.dir", "export"), ("train.checkpoint_dir", "checkpoints"),
-                                ("train.jit_cache_file", "jit_compile.json")):
+                                ("train.jit_cache_file", "jit_compile.json"), ("tracking.offline_dir", "offline")):
                 if not any(override.startswith(f"{key}=") for override in overrides):
                     overrides = [*overrides, f"{key}={tmp_path}/{folder}"]
             if not any(override.startswith("train.jit_compile=") for override in overrides):

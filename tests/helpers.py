@@ -96,6 +96,32 @@ def interrupt_after_first_checkpoint(arguments: list[str], folder: pathlib.Path,
     return job.wait(timeout=60)
 
 
+def signal_during_training(arguments: list[str], folder: pathlib.Path, signal_number: int,
+                           after_s: float = 1.0) -> tuple[int, float, str]:
+    """Starts `python -m pipeline <arguments>` from `folder` (its Hydra folder <folder>/run), sends it
+    `signal_number` `after_s` seconds into training, and returns its exit code, the seconds it took to
+    exit after the signal, and its output."""
+    output_file = folder / "job-output.txt"
+    with output_file.open("w") as output:
+        job = subprocess.Popen([sys.executable, "-m", "pipeline", *arguments], cwd=folder, env=python_environment(),
+                               stdout=output, stderr=subprocess.STDOUT)
+        wait_for_line(folder / "run" / "__main__.log", "train.jit_compile=", job)  # the first line of training
+        time.sleep(after_s)
+        job.send_signal(signal_number)
+        sent = time.monotonic()
+        exit_code = job.wait(timeout=60)
+    return exit_code, time.monotonic() - sent, output_file.read_text()
+
+
+def wait_for_line(log_file: pathlib.Path, text: str, job: subprocess.Popen, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and job.poll() is None:
+        if log_file.exists() and text in log_file.read_text():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{log_file} never said {text!r} (exit code {job.poll()})")
+
+
 def tiny_datasets(count=256, batch_size=32) -> data.Datasets:
     """Random images and labels: enough for the training loop's mechanics, nothing to learn."""
     rng = np.random.default_rng(0)

@@ -1,11 +1,13 @@
 """Checkpoints, resume after a kill, and bit-for-bit determinism."""
 
+import re
 import signal
 
 import numpy as np
 import pytest
-from helpers import interrupt_after_first_checkpoint, resumable_job, run_pipeline, tiny_datasets
+from helpers import resumable_job, run_pipeline, signal_during_training, tiny_datasets
 
+from pipeline import preemption
 from pipeline.core import model
 from pipeline.stages import train
 from pipeline.training import checkpoints, steps
@@ -18,7 +20,7 @@ def run_to(compose, step_cap: int, checkpoint_dir, resume: bool, policy="mixed_f
     built = model.build_model(config.model, policy, seed=0)
     optimizer = steps.make_optimizer(policy, config.train.learning_rate)
     checkpointer = checkpoints.Checkpointer(built, optimizer, str(checkpoint_dir), 4)
-    start_step = checkpointer.restore_latest() if resume else 0
+    start_step, _ = checkpointer.restore_latest() if resume else (0, 0.0)
     return train.train(built, tiny_datasets(), config.train, policy, optimizer=optimizer,
                        start_step=start_step, on_steps_done=checkpointer.save_if_due), start_step
 
@@ -66,19 +68,45 @@ def test_deterministic_training_is_bit_for_bit(compose):
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_sigterm_mid_training_then_resume_finishes_the_same_run(tmp_path, store, real_data):
-    arguments = resumable_job(store, real_data, tmp_path)
-    assert interrupt_after_first_checkpoint(arguments, tmp_path, signal.SIGTERM) != 0
-
+def test_sigterm_mid_training_checkpoints_that_step_and_resume_finishes_the_same_run(tmp_path, store, real_data):
+    """A scheduler's SIGTERM: a checkpoint at the step it came (none are periodic here), the run KILLED naming
+    it, one line with the command that resumes, exit 143 within 10 s; the resumed run ends where an
+    uninterrupted one does."""
+    arguments = [argument for argument in resumable_job(store, real_data, tmp_path)
+                 if not argument.startswith("train.checkpoint_every_steps=")]
+    exit_code, seconds, output = signal_during_training(arguments, tmp_path, signal.SIGTERM)
+    assert exit_code == 128 + signal.SIGTERM and seconds < 10, (exit_code, seconds, output[-3000:])
+    (line,) = [line for line in output.splitlines() if "SIGTERM" in line]
+    step = int(re.search(r"stopped by SIGTERM at step ([\d,]+), checkpoint saved", line)[1].replace(",", ""))
     killed = store.only_run()
-    assert killed.info.status == "KILLED"
+    assert killed.info.status == "KILLED" and killed.data.tags["killed.reason"] == f"SIGTERM at step {step}"
+    assert "Traceback" not in output and f"train.resume={killed.info.run_id}" in line
+    assert (tmp_path / "run" / "checkpoints" / f"ckpt-{step}.index").exists() and 0 < step < 400
     points_before = store.client().get_metric_history(killed.info.run_id, "train/loss")
-    assert points_before and max(point.step for point in points_before) < 400  # metrics so far are kept
+    assert points_before and max(point.step for point in points_before) <= step  # metrics so far are kept
 
-    result = run_pipeline([*arguments, f"train.resume={killed.info.run_id}"], cwd=tmp_path)
+    resume_command = line.split("resume with: python -m pipeline ")[1].split()
+    result = run_pipeline(resume_command, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     resumed = store.only_run()
     assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
     assert resumed.data.metrics["train/steps"] == 400
     assert resumed.data.metrics["eval/accuracy"] > 0.6
-    assert "resumed from" in result.stdout + result.stderr
+    assert f"at step {step}" in result.stdout + result.stderr  # "resumed from .../ckpt-<step> at step <step>"
+
+
+def test_a_signal_during_training_stops_it_at_the_end_of_that_call(compose):
+    """The signal comes mid-call (from the progress callback, between calls 6 and 9): the job stops after step 9,
+    the model holding exactly 9 optimizer steps, so the checkpoint made then resumes a whole step."""
+    config = compose(["train.epochs=2", "train.steps_per_call=3"])
+    built = model.build_model(config.model, "float32", seed=0)
+    optimizer = steps.make_optimizer("float32", config.train.learning_rate)
+
+    def progress(step, *_):
+        if step == 6:
+            signal.raise_signal(signal.SIGUSR1)
+
+    with preemption.handling_signals(), pytest.raises(preemption.JobStopped) as stopped:
+        train.train(built, tiny_datasets(), config.train, "float32", optimizer=optimizer, progress=progress)
+    assert (stopped.value.step, stopped.value.name, stopped.value.exit_code) == (9, "SIGUSR1", 138)
+    assert int(optimizer.iterations.numpy()) == 9 and stopped.value.elapsed_s > 0

@@ -3,6 +3,7 @@
 import mlflow
 import pytest
 
+from pipeline import preemption
 from pipeline.tracking import models, runs
 from pipeline.tracking import store as store_lib
 
@@ -38,7 +39,7 @@ def test_finished_run_has_params_and_metric_history(compose, store, tracking_con
 
 
 @pytest.mark.parametrize("error,status", [(RuntimeError("boom"), "FAILED"), (KeyboardInterrupt(), "KILLED"),
-                                          (runs.JobTerminated("signal 15"), "KILLED")])
+                                          (preemption.JobStopped(15, step=40), "KILLED")])
 def test_failed_or_interrupted_run_is_never_left_running(store, tracking_config, error, status):
     with pytest.raises(type(error)):
         with runs.start_run(tracking_config, "doomed", {}):
@@ -49,6 +50,8 @@ def test_failed_or_interrupted_run_is_never_left_running(store, tracking_config,
     assert run.data.metrics["train/step_time_ms"] == 1.0  # what was logged before stays
     if status == "FAILED":
         assert run.data.tags["error"] == "RuntimeError: boom"
+    if isinstance(error, preemption.JobStopped):
+        assert run.data.tags["killed.reason"] == "SIGTERM at step 40"
     assert mlflow.active_run() is None
 
 
@@ -64,12 +67,12 @@ def test_logged_keras_models_load_in_safe_mode(tracking_config):
 
     inputs = keras.Input(shape=(28, 28, 1))
     outputs = keras.layers.Lambda(lambda images: images * 2.0)(inputs)
-    with runs.start_run(tracking_config, "lambda", {}) as run:
+    with runs.start_run(tracking_config, "lambda", {}) as tracked:
         # Listed requirements: MLflow would otherwise infer them in a subprocess.
         mlflow.tensorflow.log_model(keras.Model(inputs, outputs), name="keras_model", pip_requirements=["keras"],
                                     input_example=np.zeros((1, 28, 28, 1), np.float32))
     with pytest.raises(ValueError, match="safe_mode"):
-        models.load_logged_model(f"runs:/{run.info.run_id}/keras_model")
+        models.load_logged_model(f"runs:/{tracked.run_id}/keras_model")
 
 
 def test_parallel_jobs_logging_the_same_dataset_all_link_to_it(tracking_config, store):

@@ -191,6 +191,8 @@ class TrackingConfig:
     register_min_agreement_int8: float = MISSING
     system_metrics: bool = MISSING
     system_metrics_interval: float = MISSING
+    patience_s: float = MISSING
+    offline_dir: str = MISSING
 
 
 def register_schemas() -> None:
@@ -269,6 +271,8 @@ def validate(config, in_sweep: bool = False) -> None:
                           "served model and the source of the LiteRT conversions; add it to the list")
     _require_positive(config, "export.calibration_examples")
     _require_positive(config, "tracking.system_metrics_interval")
+    if config.tracking.patience_s < 0:
+        raise ConfigError(f"tracking.patience_s={config.tracking.patience_s} must be 0 or more seconds")
     for key in ("register_min_accuracy", "register_min_agreement", "register_min_agreement_int8"):
         if not 0 <= config.tracking[key] <= 1:
             raise ConfigError(f"tracking.{key}={config.tracking[key]} must be between 0 and 1")

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
-from pipeline import PipelineError
+from pipeline import PipelineError, preemption
 from pipeline.core import data, device, distribute
 from pipeline.core.config import JitCompile, TrainConfig, jit_mode
 from pipeline.training import batch_order, compile_mode, memory, steps, target
@@ -122,7 +122,8 @@ class TrainResult:
 def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig, policy: str,
           log_metric: MetricSink | None = None, optimizer=None, start_step: int = 0,
           on_steps_done: Callable[[int], None] | None = None, strategy=None,
-          progress: ProgressSink | None = None, calls: steps.Calls | None = None) -> TrainResult:
+          progress: ProgressSink | None = None, calls: steps.Calls | None = None,
+          start_elapsed_s: float = 0.0) -> TrainResult:
     """Trains for train.epochs passes, or train.max_steps optimizer steps if that comes first; with
     train.target_accuracy, until an evaluation reaches it (train.stop_at_target).
 
@@ -135,11 +136,16 @@ def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig
             each evaluation's accuracy and the clock's seconds (train/elapsed_s) when it happens.
         optimizer: an optimizer to continue with (a restored checkpoint's); a new one if None.
         start_step: steps already taken (resuming); the data order continues from there.
-        on_steps_done: called with the step count after every call (checkpointing).
+        on_steps_done: called with the step count and the clock's seconds after every call (checkpointing).
         strategy: the tf.distribute strategy the model and optimizer were built under (None: no
             strategy); each of its replicas takes an equal share of the batch size.
         progress: receives what the loop already knows after every call (no extra host sync).
         calls: the compiled calls of this model and optimizer, kept from an earlier job; new ones if None.
+        start_elapsed_s: the clock's seconds before `start_step` (a resumed job's earlier processes), so the time
+            to target counts the whole training.
+
+    Raises:
+        preemption.JobStopped: a signal came; it carries the step the model is at and the clock's seconds.
     """
     optimizer = optimizer or steps.make_optimizer(policy, train_config.learning_rate)
     if not optimizer.built:  # its state must exist before the jit probe saves and restores it
@@ -174,39 +180,43 @@ def train(model: keras.Model, datasets: data.Datasets, train_config: TrainConfig
     divergence = DivergenceCheck(train_config.divergence_factor, train_config.learning_rate, datasets.num_classes)
     device.reset_peak_memory()
     tensor_memory = memory.CallMemory(tensor_devices, excluded_mb=split_mb)
-    clock_start = time.perf_counter()  # time to target: from the first training call (a resumed job: this process's)
+    clock_start = time.perf_counter() - start_elapsed_s  # time to target: from the first training call
     try:
-        while step < total_steps and not stop:
-            step_count = min(train_config.steps_per_call, total_steps - step,
-                             _steps_to_boundary(step, train_config.checkpoint_every_steps))
-            tensor_memory.before_call()
-            started = time.perf_counter()
-            losses = train_call(order.indices(step, step_count)).numpy()  # the call's one host sync
-            ended = time.perf_counter()
-            # The first call of each shape (step count, batch) compiles a program: warm-up, not step time.
-            call = target.TimedCall(step_count, ended - started, ended - clock_start,
-                                    compiled=(step_count, order.batch_shape) not in compiled_shapes)
-            calls_made.append(call)
-            tensor_memory.after_call(compiled=call.compiled)
-            compiled_shapes.add((step_count, order.batch_shape))
-            loss_points += [(step + offset + 1, float(loss)) for offset, loss in enumerate(losses)
-                            if (step + offset + 1) % train_config.log_every_steps == 0]
-            epoch_ended = (step + step_count) // order.steps_per_epoch > step // order.steps_per_epoch
-            step += step_count
-            loss_value = float(losses[-1])
-            divergence.check(losses, first_step=step - step_count + 1)
-            if log_metric and loss_points and (epoch_ended or time.monotonic() - last_flush > _FLUSH_SECONDS):
-                log_metric("train/loss", loss_points)  # batched: no per-step store round trips
-                loss_points, last_flush = [], time.monotonic()
-            if on_steps_done:
-                on_steps_done(step)
-            if evaluations.due(step - step_count, step, total_steps):
-                stop = _evaluate(calls, evaluation_on_device, batch_size, step, clock_start, evaluations, log_metric)
-            if not call.compiled:  # a compiling call's rate is mostly its compile: progress shows the last steady one
-                steady_examples_per_sec = step_count * batch_size / call.seconds
-            if progress:
-                progress(step, total_steps, (step - 1) // order.steps_per_epoch, loss_value, steady_examples_per_sec,
-                         evaluations.done[-1].accuracy if evaluations.done else None)
+        with preemption.at_step_boundaries():  # a signal is taken between calls, with the step it leaves
+            while step < total_steps and not stop:
+                step_count = min(train_config.steps_per_call, total_steps - step,
+                                 _steps_to_boundary(step, train_config.checkpoint_every_steps))
+                tensor_memory.before_call()
+                started = time.perf_counter()
+                losses = train_call(order.indices(step, step_count)).numpy()  # the call's one host sync
+                ended = time.perf_counter()
+                # The first call of each shape (step count, batch) compiles a program: warm-up, not step time.
+                call = target.TimedCall(step_count, ended - started, ended - clock_start,
+                                        compiled=(step_count, order.batch_shape) not in compiled_shapes)
+                calls_made.append(call)
+                tensor_memory.after_call(compiled=call.compiled)
+                compiled_shapes.add((step_count, order.batch_shape))
+                loss_points += [(step + offset + 1, float(loss)) for offset, loss in enumerate(losses)
+                                if (step + offset + 1) % train_config.log_every_steps == 0]
+                epoch_ended = (step + step_count) // order.steps_per_epoch > step // order.steps_per_epoch
+                step += step_count
+                loss_value = float(losses[-1])
+                divergence.check(losses, first_step=step - step_count + 1)
+                if log_metric and loss_points and (epoch_ended or time.monotonic() - last_flush > _FLUSH_SECONDS):
+                    log_metric("train/loss", loss_points)  # batched: no per-step store round trips
+                    loss_points, last_flush = [], time.monotonic()
+                if on_steps_done:
+                    on_steps_done(step, time.perf_counter() - clock_start)
+                preemption.check(step, time.perf_counter() - clock_start)
+                if evaluations.due(step - step_count, step, total_steps):
+                    stop = _evaluate(calls, evaluation_on_device, batch_size, step, clock_start, evaluations,
+                                     log_metric)
+                if not call.compiled:  # a compiling call's rate is mostly its compile: progress shows the last steady
+                    steady_examples_per_sec = step_count * batch_size / call.seconds
+                if progress:
+                    progress(step, total_steps, (step - 1) // order.steps_per_epoch, loss_value,
+                             steady_examples_per_sec, evaluations.done[-1].accuracy if evaluations.done else None)
+        preemption.check(step, time.perf_counter() - clock_start)  # a signal during the last call
     finally:
         if log_metric and loss_points:  # at the end, and on Ctrl-C or an error: keep what was measured
             log_metric("train/loss", loss_points)

@@ -1,8 +1,9 @@
 """One MLflow run per job: opened, ended in every case, and what the job logs into it."""
 
 import contextlib
-import signal
-import threading
+import json
+import pathlib
+import tempfile
 import time
 import warnings
 
@@ -11,52 +12,79 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline import preemption
 from pipeline.core.config import TrackingConfig
-from pipeline.tracking import liveness, store
+from pipeline.tracking import liveness, offline, store
 from pipeline.tracking.store import TrackingError
 
-_LOG_BATCH_LIMIT = 1000  # metrics per log_batch call, MLflow's own cap
-
-
-class JobTerminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C so the run ends KILLED rather than left RUNNING."""
+_tracked: offline.TrackedRun | None = None  # the job's run while start_run holds it
 
 
 @contextlib.contextmanager
 def start_run(tracking_config: TrackingConfig, run_name: str, tags: dict[str, str],
-              resume_run_id: str | None = None):
-    """One MLflow run for one job, ended FINISHED, FAILED (with the error as a tag) or KILLED.
+              resume_run_id: str | None = None, offline_if_unreachable: bool = False):
+    """One MLflow run for one job, ended FINISHED, FAILED (with the error as a tag) or KILLED (a signal:
+    pipeline.preemption); yields its offline.TrackedRun (`.run` is the MLflow run).
 
-    With `resume_run_id`, reopens that run (its tags and params stay as first logged).
+    With `resume_run_id`, reopens that run (its tags and params stay as first logged). A tracking server
+    that stops answering costs at most tracking.patience_s: the run goes on in the offline store. With
+    `offline_if_unreachable` (a sweep's job, its sweep started on the server), a server that does not
+    answer at the start means the offline store from the start.
 
     Raises:
-        TrackingError: the run to resume does not exist or already finished.
+        TrackingError: the store cannot be reached (and the job may not start offline), or the run to resume
+            does not exist or already finished.
     """
-    experiment_id = store.prepare(tracking_config)
-    if tracking_config.system_metrics:
-        mlflow.set_system_metrics_sampling_interval(tracking_config.system_metrics_interval)
-        mlflow.set_system_metrics_samples_before_logging(1)
-    if resume_run_id:
-        run = _reopen(resume_run_id, tracking_config.system_metrics)
-        mlflow.set_tags(liveness.process_tags())  # the process that runs it now
-    else:
-        tags = tags | {"version.mlflow": mlflow.__version__} | liveness.process_tags()
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags,
-                               log_system_metrics=tracking_config.system_metrics)
-    restore_sigterm = _raise_on_sigterm()
+    global _tracked
+    # Resolved only here: tests compose configs outside a Hydra job, where ${hydra:...} has no value.
+    offline_dir = OmegaConf.select(tracking_config, "offline_dir", throw_on_resolution_failure=False) or "offline"
+    offline.apply_patience(tracking_config.patience_s)
+    tags = tags | {"version.mlflow": mlflow.__version__} | liveness.process_tags()
     try:
-        yield run
-    except KeyboardInterrupt:
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
-        raise
-    except BaseException as error:
-        mlflow.set_tag("error", describe_error(error))
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
-        raise
+        experiment_id = store.prepare(tracking_config)
+    except TrackingError:
+        if not (offline_if_unreachable and str(tracking_config.uri).startswith(("http://", "https://"))):
+            raise
+        _tracked = tracked = offline.TrackedRun(tracking_config, offline_dir, run_name=run_name, tags=tags)
     else:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+        if tracking_config.system_metrics:
+            mlflow.set_system_metrics_sampling_interval(tracking_config.system_metrics_interval)
+            mlflow.set_system_metrics_samples_before_logging(1)
+        if resume_run_id:
+            run = _reopen(resume_run_id, tracking_config.system_metrics)
+            mlflow.set_tags(liveness.process_tags())  # the process that runs it now
+        else:
+            run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags,
+                                   log_system_metrics=tracking_config.system_metrics)
+        _tracked = tracked = offline.TrackedRun(tracking_config, offline_dir, run)
+    try:
+        with preemption.handling_signals():
+            try:
+                yield tracked
+            except preemption.JobStopped as stopped:
+                where = f" at step {stopped.step}" if stopped.step is not None else ""
+                tracked.log_batch(tags={liveness.REASON_TAG: f"{stopped.name}{where}"})
+                tracked.end(RunStatus.to_string(RunStatus.KILLED))
+                raise
+            except KeyboardInterrupt:
+                tracked.end(RunStatus.to_string(RunStatus.KILLED))
+                raise
+            except BaseException as error:
+                tracked.log_batch(tags={"error": describe_error(error)})
+                tracked.end(RunStatus.to_string(RunStatus.FAILED))
+                raise
+            else:
+                tracked.flush()
+                tracked.end(RunStatus.to_string(RunStatus.FINISHED))
     finally:
-        restore_sigterm()
+        _tracked = None
+
+
+def stopping() -> None:
+    """A signal stopped the job: the clean-up must not wait on a server that may be gone (pipeline.preemption
+    gives it seconds), so the run goes offline now unless its server answers at once."""
+    if _tracked is not None:
+        _tracked.stopping()
 
 
 def _reopen(run_id: str, system_metrics: bool):
@@ -67,6 +95,10 @@ def _reopen(run_id: str, system_metrics: bool):
     if previous.info.status == "FINISHED":
         raise TrackingError(f"train.resume={run_id}: that run already FINISHED; nothing to resume")
     mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
+    reason = previous.data.tags.get(liveness.REASON_TAG)
+    if reason:  # the run goes on: why it stopped becomes history
+        mlflow.set_tag("resumed.after", reason)
+        store.client().delete_tag(run_id, liveness.REASON_TAG)
     return mlflow.get_run(run_id)
 
 
@@ -83,9 +115,11 @@ def record_failed_run(config: DictConfig, run_name: str, tags: dict[str, str], e
 def log_config(config: DictConfig, overrides: list[str]) -> None:
     """The resolved config as dotted params (precision.policy, data.batch_size, ...) and as files."""
     resolved = OmegaConf.to_container(config, resolve=True, enum_to_str=True)
-    mlflow.log_params(_config_params(resolved))
-    mlflow.log_dict(resolved, "config/config.yaml")
-    mlflow.log_dict({"overrides": list(overrides)}, "config/overrides.yaml")
+    _tracked.log_batch(params=_config_params(resolved))
+    with tempfile.TemporaryDirectory(prefix="config-") as folder:
+        for name, content in (("config.yaml", resolved), ("overrides.yaml", {"overrides": list(overrides)})):
+            (pathlib.Path(folder) / name).write_text(OmegaConf.to_yaml(content))
+        _tracked.log_artifacts(folder, "config")
 
 
 def log_datasets(datasets) -> None:
@@ -106,14 +140,21 @@ def log_datasets(datasets) -> None:
 
 
 def _log_input(dataset, context: str, attempts: int = 3) -> None:
-    """mlflow.log_input, again when a parallel job of the sweep inserted the same dataset first.
+    """Logs a dataset input, again when a parallel job of the sweep inserted the same dataset first.
 
     MLflow's SQL store looks the dataset up and then inserts it: two jobs of a joblib sweep logging the
     same split at once both miss it, and the later insert fails on the store's unique key. The row
     then exists, so logging again links this run to it."""
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    entity = DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])
     for attempt in range(attempts):
         try:
-            mlflow.log_input(dataset, context=context)
+            if _tracked is None:  # a run of MLflow's own (a thread's), not a job's
+                mlflow.log_input(dataset, context=context)
+            else:
+                _tracked.log_inputs([entity])
             return
         except MlflowException as error:
             lost_race = any(text in str(error) for text in ("UNIQUE constraint", "duplicate key", "Duplicate entry"))
@@ -122,25 +163,53 @@ def _log_input(dataset, context: str, attempts: int = 3) -> None:
 
 
 def log_artifacts(folder, artifact_path: str) -> None:
-    """The files in `folder` on the active run, under `artifact_path`."""
-    mlflow.log_artifacts(str(folder), artifact_path)
+    """The files in `folder` on the job's run, under `artifact_path`."""
+    _tracked.log_artifacts(folder, artifact_path)
 
 
-def log_metric_history(name: str, points: list[tuple[int, float]]) -> None:
-    """Logs a metric's (step, value) points in as few store round trips as MLflow allows."""
-    run_id = mlflow.active_run().info.run_id
+def log_metric_history(name: str, points: list[tuple[int, float]], synchronous: bool = False) -> None:
+    """Logs a metric's (step, value) points through MLflow's queue: the training loop never waits on the store
+    (synchronous=True waits for each batch: what the benchmark compares against)."""
     timestamp = int(time.time() * 1000)
-    metrics = [Metric(name, float(value), timestamp, step) for step, value in points]
-    for start in range(0, len(metrics), _LOG_BATCH_LIMIT):
-        store.client().log_batch(run_id, metrics=metrics[start : start + _LOG_BATCH_LIMIT], synchronous=True)
+    _tracked.log_batch([Metric(name, float(value), timestamp, step) for step, value in points],
+                       synchronous=synchronous)
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-    mlflow.log_metrics({name: float(value) for name, value in metrics.items()}, step=step)
+    timestamp = int(time.time() * 1000)
+    _tracked.log_batch([Metric(name, float(value), timestamp, step or 0) for name, value in metrics.items()])
 
 
 def set_tags(tags: dict[str, str]) -> None:
-    mlflow.set_tags(tags)
+    _tracked.log_batch(tags=tags)
+
+
+def with_model_store(action):
+    """Runs `action` (MLflow's fluent calls: logging a model, registering) against the job's run, in the
+    offline store when the server has gone away."""
+    return _tracked.fluent(action)
+
+
+def register_or_keep_pending(register, export_format: str, pending: dict):
+    """Runs `register` (a registration on the server) and returns the version; with the server gone, registers
+    nothing and records the registration as pending on the run (`pipeline.sync` makes it), returning None."""
+    if _tracked.server_uri and not _tracked.offline_uri:
+        sent = time.time()
+        try:
+            return register()
+        except Exception as error:
+            if not offline.unreachable(error):
+                raise
+        _tracked.go_offline(sent)
+    if _tracked.offline_uri:
+        _tracked.log_batch(tags={offline.PENDING_TAG_PREFIX + export_format: json.dumps(pending)})
+        return None
+    return register()
+
+
+def flush() -> None:
+    """At a stage's end: what the training loop queued reaches the store (or the offline store)."""
+    _tracked.flush()
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -161,14 +230,3 @@ def describe_error(error: BaseException) -> str:
 
 def _config_params(resolved: dict) -> dict[str, str]:
     return {key: str(value) for key, value in flatten(resolved).items()}
-
-
-def _raise_on_sigterm():
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def handle(signum, frame):
-        raise JobTerminated(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handle)
-    return lambda: signal.signal(signal.SIGTERM, previous)

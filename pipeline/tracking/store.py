@@ -40,7 +40,7 @@ def prepare(tracking_config: TrackingConfig) -> str:
     """
     uri = str(tracking_config.uri)
     if uri.startswith(("http://", "https://")):
-        _check_server(uri)
+        check_server(uri)
     elif uri.startswith("sqlite:///"):
         _check_sqlite(uri)
     elif "://" in uri and not uri.startswith("file:"):
@@ -155,7 +155,7 @@ _DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 _TIMEOUT_ARGUMENTS = {"postgresql": "connect_timeout", "mysql": "connect_timeout"}  # the driver's, in whole seconds
 
 
-def _check_server(uri: str, timeout_s: float = 5.0) -> None:
+def check_server(uri: str, timeout_s: float = 5.0) -> None:
     """Fails in seconds on an unreachable server; MLflow's own client retries for minutes."""
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):

@@ -1,5 +1,6 @@
 """A -m sweep in MLflow: its parent run, its jobs' child runs, and its report's files on the parent."""
 
+import json
 import pathlib
 
 from omegaconf import OmegaConf
@@ -10,6 +11,7 @@ from pipeline.tracking import liveness, pages, store
 SWEEP_ID_TAG = "sweep.id"
 SWEEP_ROLE_TAG = "sweep.role"
 PARENT_RUN_TAG = "mlflow.parentRunId"  # what MLflow's UI nests child runs under
+RECORD_FILE = "sweep_run.json"  # in the sweep's folder
 
 
 def start_sweep(tracking_config: TrackingConfig, sweep_id: str, sweep_overrides: list[str]) -> str:
@@ -19,6 +21,10 @@ def start_sweep(tracking_config: TrackingConfig, sweep_id: str, sweep_overrides:
     tags |= liveness.process_tags()  # the launcher's process: if it is killed hard, the parent is ended KILLED
     run = store.client(tracking_config.uri).create_run(experiment_id, run_name=f"sweep-{pathlib.Path(sweep_id).name}",
                                                        tags=tags)
+    # The jobs read their parent from here: a job that starts while the server is gone still knows it.
+    record = pathlib.Path(sweep_id) / RECORD_FILE
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"parent_run_id": run.info.run_id, "tracking_uri": str(tracking_config.uri)}))
     return run.info.run_id
 
 
@@ -48,12 +54,31 @@ def require_sweep(tracking_config: TrackingConfig, sweep_id: str | None):
 
 
 def sweep_tags(tracking_config: TrackingConfig, sweep_id: str) -> dict[str, str]:
-    """Tags that make a job's run a child of its sweep's parent run (just the sweep id if none)."""
-    parent_run = find_sweep(tracking_config, sweep_id)
+    """Tags that make a job's run a child of its sweep's parent run (just the sweep id if none); the parent
+    is read from the sweep's folder (written by start_sweep), else looked up in the store."""
     tags = {SWEEP_ID_TAG: sweep_id}
+    record = read_record(sweep_id)
+    if record.get("tracking_uri") == str(tracking_config.uri):
+        return tags | {PARENT_RUN_TAG: record["parent_run_id"]}
+    parent_run = find_sweep(tracking_config, sweep_id)
     if parent_run is not None:
         tags[PARENT_RUN_TAG] = parent_run.info.run_id
     return tags
+
+
+def read_record(sweep_folder) -> dict:
+    """What start_sweep wrote in a sweep's folder ({} if nothing): its parent run and store, and, when the
+    server was gone at the sweep's end, "ended_offline"."""
+    try:
+        return json.loads((pathlib.Path(sweep_folder) / RECORD_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def note_ended_offline(sweep_folder) -> None:
+    """The sweep ended while its server was gone: `pipeline.sync` ends its parent run once the jobs are up."""
+    record = read_record(sweep_folder) | {"ended_offline": True}
+    (pathlib.Path(sweep_folder) / RECORD_FILE).write_text(json.dumps(record))
 
 
 def sweep_jobs(tracking_config: TrackingConfig, parent_run) -> list:
