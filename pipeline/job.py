@@ -59,7 +59,8 @@ def run_job(config: DictConfig, overrides: list[str], sweep_id: str | None = Non
         return None
     from pipeline.tracking import runs, store
 
-    _continue_preempted(config)
+    if not config.train.resume:  # a scheduler's requeue: continue the run its checkpoint folder names
+        OmegaConf.update(config, "train.resume", preemption.preempted_run_id(config.train.checkpoint_dir))
     tags = _tags(config, sweep_id) | {"checkpoint.dir": str(config.train.checkpoint_dir)}
     try:
         with runs.start_run(config.tracking, run_name, tags, resume_run_id=config.train.resume,
@@ -69,7 +70,8 @@ def run_job(config: DictConfig, overrides: list[str], sweep_id: str | None = Non
             checkpoint_dir = tracked.kept.tags["checkpoint.dir"]  # a resumed run keeps its first job's folder
             result = _run_stages_recording_stops(config, run_name, tracked.server_run_id, sweep_id, checkpoint_dir)
     except preemption.JobStopped as stopped:
-        logger.error("%s", _stopped_line(run_name, stopped, tracked, overrides))
+        logger.error("%s", preemption.stopped_line(run_name, stopped, tracked.server_run_id,
+                                                     tracked.offline_dir if tracked.offline_uri else None, overrides))
         stopped.exit_at_once = tracked.offline_uri is not None
         raise
     preemption.clear_marker(checkpoint_dir)
@@ -99,28 +101,6 @@ def _run_stages_recording_stops(config, run_name, run_id, sweep_id, checkpoint_d
     finally:
         in_use = {f"job/{name}_at_end": value for name, value in device.memory_in_use_mb().items()}
         runs.log_metrics(stopwatch.metrics() | in_use)
-
-
-def _continue_preempted(config: DictConfig) -> None:
-    """A job started where a preempted job left its checkpoint (a scheduler's requeue) continues that run."""
-    if config.train.resume:
-        return
-    preempted = preemption.preempted_run(config.train.checkpoint_dir)
-    if preempted:
-        logger.info("continuing run %s, stopped by %s at step %d (its checkpoint is in %s)", preempted["run_id"],
-                    preempted["signal"], preempted["step"], config.train.checkpoint_dir)
-        OmegaConf.update(config, "train.resume", preempted["run_id"])
-
-
-def _stopped_line(run_name: str, stopped, tracked, overrides: list[str]) -> str:
-    """The one line a signal leaves: which, at what step, where the run is, and the command that resumes it."""
-    where = f"at step {stopped.step:,}, checkpoint saved" if stopped.step is not None else "outside training"
-    kept = (f"; kept offline in {tracked.offline_dir} (python -m pipeline.sync uploads it)" if tracked.offline_uri
-            else "")
-    run_id = tracked.server_run_id or "<its id on the server, after pipeline.sync>"
-    command = " ".join(["python -m pipeline", *[item for item in overrides if not item.startswith("train.resume=")],
-                        f"train.resume={run_id}"])
-    return f"{run_name}: stopped by {stopped.name} {where}; run {run_id} KILLED{kept}; resume with: {command}"
 
 
 def _run_stages(config: DictConfig, run_name: str, run_id: str, sweep_id: str | None, checkpoint_dir: str,

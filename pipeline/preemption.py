@@ -50,6 +50,7 @@ class _State:
     raised = False  # JobStopped was raised for it: the clean-up that follows must not raise it again
     deferring = False  # in the training loop: the signal is taken at the end of the current call
     previous: dict = {}  # the handlers ours replaced (submitit's requeue among them)
+    deadline: threading.Timer | None = None  # ends the process if the clean-up after a signal outlasts CLEAN_UP_S
 
 
 @contextlib.contextmanager
@@ -66,6 +67,9 @@ def handling_signals():
     finally:
         for number, handler in _State.previous.items():
             signal.signal(number, handler)
+        if _State.deadline is not None:  # the run is ended: what is left is a line and the exit
+            _State.deadline.cancel()
+            _State.deadline = None
 
 
 @contextlib.contextmanager
@@ -120,13 +124,25 @@ def write_marker(checkpoint_dir, run_id: str, step: int, signum: int) -> None:
     path.write_text(json.dumps({"run_id": run_id, "step": step, "signal": signal.Signals(signum).name}))
 
 
-def preempted_run(checkpoint_dir) -> dict | None:
-    """What a preempted job left in `checkpoint_dir` ({"run_id", "step", "signal"}), or None."""
-    path = pathlib.Path(checkpoint_dir) / MARKER_FILE
+def preempted_run_id(checkpoint_dir) -> str | None:
+    """The run a preempted job left a checkpoint of in `checkpoint_dir` (None: there is none), said in a line."""
     try:
-        return json.loads(path.read_text())
+        preempted = json.loads((pathlib.Path(checkpoint_dir) / MARKER_FILE).read_text())
     except (OSError, ValueError):
         return None
+    logger.info("continuing run %s, stopped by %s at step %d (its checkpoint is in %s)", preempted["run_id"],
+                preempted["signal"], preempted["step"], checkpoint_dir)
+    return preempted["run_id"]
+
+
+def stopped_line(run_name: str, stopped: JobStopped, run_id: str | None, offline_dir, overrides: list[str]) -> str:
+    """The one line a signal leaves: which, at what step, where the run is, and the command that resumes it."""
+    where = f"at step {stopped.step:,}, checkpoint saved" if stopped.step is not None else "outside training"
+    kept = f"; kept offline in {offline_dir} (python -m pipeline.sync uploads it)" if offline_dir else ""
+    run_id = run_id or "<its id on the server, after pipeline.sync>"
+    command = " ".join(["python -m pipeline", *[item for item in overrides if not item.startswith("train.resume=")],
+                        f"train.resume={run_id}"])
+    return f"{run_name}: stopped by {stopped.name} {where}; run {run_id} KILLED{kept}; resume with: {command}"
 
 
 def clear_marker(checkpoint_dir) -> None:
@@ -137,9 +153,9 @@ def _handle(signum, frame) -> None:
     if _State.received is not None:  # a second signal: the user or scheduler wants it gone now
         _exit_now(signum)
     _State.received = signum
-    timer = threading.Timer(CLEAN_UP_S, _exit_now, args=(signum, "the clean-up took too long"))
-    timer.daemon = True
-    timer.start()
+    _State.deadline = threading.Timer(CLEAN_UP_S, _exit_now, args=(signum, "the clean-up took too long"))
+    _State.deadline.daemon = True
+    _State.deadline.start()
     if not _State.deferring:
         _raise_once()
 

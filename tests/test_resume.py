@@ -2,6 +2,7 @@
 
 import re
 import signal
+import threading
 
 import numpy as np
 import pytest
@@ -110,3 +111,5 @@ def test_a_signal_during_training_stops_it_at_the_end_of_that_call(compose):
         train.train(built, tiny_datasets(), config.train, "float32", optimizer=optimizer, progress=progress)
     assert (stopped.value.step, stopped.value.name, stopped.value.exit_code) == (9, "SIGUSR1", 138)
     assert int(optimizer.iterations.numpy()) == 9 and stopped.value.elapsed_s > 0
+    # The clean-up's deadline (it would end the process) is called off once the run is ended.
+    assert not [thread for thread in threading.enumerate() if isinstance(thread, threading.Timer) and thread.is_alive()]
