@@ -30,7 +30,6 @@ logger = logging.getLogger("pipeline")
 SYNCED_TAG = "offline.synced_to"  # on the offline run: "<server> <run id>", once all of it is uploaded
 _MODEL_TAG, _REGISTERED_TAG = "offline.synced_model.", "offline.registered."
 _NOT_COPIED = (offline.SERVER_URI_TAG, offline.SERVER_RUN_TAG, offline.SINCE_TAG, SYNCED_TAG)
-_BATCH = 1000
 
 
 def sync(path: pathlib.Path, server_uri: str | None = None, patience_s: float = 60.0) -> tuple[list[str], int]:
@@ -91,8 +90,8 @@ def _upload_run(local_uri: str, run, server_uri: str) -> str:
     server.log_batch(target_id, params=params, tags=tags)
     metrics = [Metric(point.key, point.value, point.timestamp, point.step) for key in run.data.metrics
                for point in local.get_metric_history(local_id, key)]
-    for start in range(0, len(metrics), _BATCH):  # points the server has already are skipped by its store
-        server.log_batch(target_id, metrics=metrics[start:start + _BATCH])
+    for start in range(0, len(metrics), offline.BATCH_LIMIT):  # points the server has already are skipped by its store
+        server.log_batch(target_id, metrics=metrics[start:start + offline.BATCH_LIMIT])
     known = {(dataset.dataset.name, dataset.dataset.digest) for dataset in on_server.inputs.dataset_inputs}
     inputs = [DatasetInput(dataset.dataset, dataset.tags) for dataset in run.inputs.dataset_inputs
               if (dataset.dataset.name, dataset.dataset.digest) not in known]

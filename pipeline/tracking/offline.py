@@ -11,6 +11,7 @@ uploads it to the server later, into the same run.
 
 import dataclasses
 import datetime
+import json
 import logging
 import os
 import pathlib
@@ -26,7 +27,7 @@ logger = logging.getLogger("pipeline")
 SERVER_URI_TAG, SERVER_RUN_TAG, SINCE_TAG = "offline.server_uri", "offline.server_run_id", "offline.since"
 PENDING_TAG_PREFIX = "registry.pending."  # + export format: a registration the job asked for, not yet made
 STORE_FILE = "mlflow.db"
-_BATCH = 1000  # metrics per log_batch call, MLflow's own cap
+BATCH_LIMIT = 1000  # metrics per log_batch call, MLflow's own cap
 
 
 def apply_patience(patience_s: float) -> None:
@@ -118,10 +119,10 @@ class TrackedRun:
 
         def send(client, run_id):
             queued = not synchronous and self.offline_uri is None
-            operations = [client.log_batch(run_id, metrics=metrics[start:start + _BATCH],
+            operations = [client.log_batch(run_id, metrics=metrics[start:start + BATCH_LIMIT],
                                            params=param_list if start == 0 else [], tags=tag_list if start == 0 else [],
                                            synchronous=not queued)
-                          for start in range(0, max(len(metrics), 1), _BATCH)]
+                          for start in range(0, max(len(metrics), 1), BATCH_LIMIT)]
             if queued:
                 self._pending += [(time.time(), operation) for operation in operations]
 
@@ -139,20 +140,19 @@ class TrackedRun:
                    lambda: self.kept.artifacts.append((str(copy), artifact_path)))
 
     def fluent(self, action):
-        """Runs `action` (MLflow's fluent calls on the active run: logging a model, registering), again in the
+        """Runs `action` (MLflow's fluent calls on the active run: logging a model, ending the run), again in the
         offline store if the server does not answer."""
-        if self.since is not None:
-            self.go_offline(self.since)
-        if self.offline_uri or not self.server_uri:
-            return action()
-        sent = time.time()
-        try:
-            return action()
-        except Exception as error:
-            if not unreachable(error):
-                raise
-        self.go_offline(sent)
-        return action()
+        done, result = self._try_on_server(action)
+        return result if done else action()
+
+    def register_or_keep_pending(self, register, export_format: str, pending: dict):
+        """Runs `register` (a registration on the server) and returns the version; with the server gone,
+        registers nothing and records `pending` on the run for `pipeline.sync` to make, returning None."""
+        done, version = self._try_on_server(register)
+        if done:
+            return version
+        self.log_batch(tags={PENDING_TAG_PREFIX + export_format: json.dumps(pending)})
+        return None
 
     def flush(self) -> None:
         """Waits for the queued batches (each within the patience); the server not answering means offline."""
@@ -213,24 +213,29 @@ class TrackedRun:
         self.since = since if self.since is None else min(self.since, since)
 
     def _send(self, action, keep) -> None:
-        """Sends to the store, and keeps what was sent; an unreachable server means the offline store, which
-        then gets everything kept (this too)."""
-        if self.since is not None and not self.offline_uri:
+        """Sends to the store, and keeps what was sent (for an offline store made later)."""
+        done, _ = self._try_on_server(lambda: action(self.client(), self.run_id))
+        if not done:
+            action(self.client(), self.run_id)  # the offline store's client and run now
+        keep()
+
+    def _try_on_server(self, action) -> tuple[bool, object]:
+        """(True, what `action` returned) while the run is on its store; (False, None) once the run is offline,
+        or has just gone offline because the server did not answer `action`."""
+        if self.since is not None:  # noted during training
             self.go_offline(self.since)
-        if self.offline_uri or not self.server_uri:
-            action(self.client(), self.run_id)
-            keep()
-            return
+        if self.offline_uri:
+            return False, None
+        if not self.server_uri:
+            return True, action()
         sent = time.time()
         try:
-            action(self.client(), self.run_id)
+            return True, action()
         except Exception as error:
             if not unreachable(error):
                 raise
-            keep()
-            self.go_offline(sent)
-            return
-        keep()
+        self.go_offline(sent)
+        return False, None
 
     def go_offline(self, since: float, why: str | None = None) -> None:
         """Opens the offline store, writes the run so far into it, and points MLflow's active run at it."""
@@ -253,8 +258,8 @@ class TrackedRun:
             run = client.create_run(experiment_id, start_time=self.start_time, tags=tags, run_name=self.run_name)
             self.run_id = run.info.run_id
             client.log_batch(self.run_id, params=[Param(key, value) for key, value in self.kept.params.items()])
-            for start in range(0, len(self.kept.metrics), _BATCH):
-                client.log_batch(self.run_id, metrics=self.kept.metrics[start:start + _BATCH])
+            for start in range(0, len(self.kept.metrics), BATCH_LIMIT):
+                client.log_batch(self.run_id, metrics=self.kept.metrics[start:start + BATCH_LIMIT])
             if self.kept.inputs:
                 client.log_inputs(self.run_id, datasets=self.kept.inputs)
             for copy, artifact_path in self.kept.artifacts:

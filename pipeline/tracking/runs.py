@@ -1,7 +1,6 @@
 """One MLflow run per job: opened, ended in every case, and what the job logs into it."""
 
 import contextlib
-import json
 import pathlib
 import tempfile
 import time
@@ -193,18 +192,7 @@ def with_model_store(action):
 def register_or_keep_pending(register, export_format: str, pending: dict):
     """Runs `register` (a registration on the server) and returns the version; with the server gone, registers
     nothing and records the registration as pending on the run (`pipeline.sync` makes it), returning None."""
-    if _tracked.server_uri and not _tracked.offline_uri:
-        sent = time.time()
-        try:
-            return register()
-        except Exception as error:
-            if not offline.unreachable(error):
-                raise
-        _tracked.go_offline(sent)
-    if _tracked.offline_uri:
-        _tracked.log_batch(tags={offline.PENDING_TAG_PREFIX + export_format: json.dumps(pending)})
-        return None
-    return register()
+    return _tracked.register_or_keep_pending(register, export_format, pending)
 
 
 def flush() -> None:
