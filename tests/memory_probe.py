@@ -3,8 +3,8 @@
     python tests/memory_probe.py <model> <policy> <batch size> <jit mode> <IDX folder>
 
 Builds the model and its compiled training call as a job does, then reads TensorFlow's allocator
-around single calls itself (none of the train stage's bookkeeping): prints, as JSON, what one step
-allocated over what was allocated just before it, the median over STEPS steps after the compiling one.
+around single calls itself (none of the train stage's bookkeeping): prints, as JSON, what each of STEPS
+steps after the compiling one allocated over what was allocated just before it, and their median.
 """
 
 import json
@@ -38,7 +38,8 @@ def main(model_name: str, policy: str, batch_size: int, jit_compile: str, idx_di
         tf.config.experimental.reset_memory_stats("CPU:0")
         call(indices).numpy()
         transients.append((tf.config.experimental.get_memory_info("CPU:0")["peak"] - before) / 2**20)
-    print(json.dumps({"step_transient_mb": statistics.median(transients[1:])}))  # the first call compiles
+    timed = transients[1:]  # the first call compiles
+    print(json.dumps({"step_transient_mb": statistics.median(timed), "step_transients_mb": timed}))
 
 
 if __name__ == "__main__":
