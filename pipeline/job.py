@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline import console, preemption
 from pipeline.core import config as config_lib
-from pipeline.core import distribute
+from pipeline.core import data, distribute
 
 logger = logging.getLogger("pipeline")
 
@@ -44,9 +44,13 @@ def run_job(config: DictConfig, overrides: list[str], sweep_id: str | None = Non
     """
     run_name = f"{config.model.name}-{config.precision.policy}-bs{config.data.batch_size}"
     chief = distribute.is_chief(config.distribute)
+    stopwatch = Stopwatch()
     try:
         config_lib.validate(config, in_sweep=sweep_id is not None)
-    except config_lib.ConfigError as error:
+        if config.data.source == "idx":  # NumPy alone reads IDX: a bad dataset is refused before TensorFlow starts
+            with stopwatch.part("data"):
+                data.load_datasets(config.data)  # kept: the data stage takes these splits back
+    except (config_lib.ConfigError, data.DataError) as error:
         if sweep_id and chief:
             from pipeline.tracking import runs
 
@@ -68,7 +72,8 @@ def run_job(config: DictConfig, overrides: list[str], sweep_id: str | None = Non
             if not config.train.resume:
                 runs.log_config(config, overrides)
             checkpoint_dir = tracked.kept.tags["checkpoint.dir"]  # a resumed run keeps its first job's folder
-            result = _run_stages_recording_stops(config, run_name, tracked.server_run_id, sweep_id, checkpoint_dir)
+            result = _run_stages_recording_stops(config, run_name, tracked.server_run_id, sweep_id, checkpoint_dir,
+                                                 stopwatch)
     except preemption.JobStopped as stopped:
         logger.error("%s", preemption.stopped_line(run_name, stopped, tracked.server_run_id,
                                                      tracked.offline_dir if tracked.offline_uri else None, overrides))
@@ -84,13 +89,12 @@ def run_job(config: DictConfig, overrides: list[str], sweep_id: str | None = Non
     return result.accuracy
 
 
-def _run_stages_recording_stops(config, run_name, run_id, sweep_id, checkpoint_dir) -> "JobResult":
+def _run_stages_recording_stops(config, run_name, run_id, sweep_id, checkpoint_dir, stopwatch) -> "JobResult":
     """The stages; where the time went and what memory the job left, also when a stage failed; a signal's
     step noted beside its checkpoint, for a requeued job to continue this run."""
     from pipeline.core import device
     from pipeline.tracking import runs
 
-    stopwatch = Stopwatch()
     try:
         return _run_stages(config, run_name, run_id, sweep_id, checkpoint_dir, stopwatch)
     except preemption.JobStopped as stopped:
@@ -106,7 +110,7 @@ def _run_stages_recording_stops(config, run_name, run_id, sweep_id, checkpoint_d
 def _run_stages(config: DictConfig, run_name: str, run_id: str, sweep_id: str | None, checkpoint_dir: str,
                 stopwatch: "Stopwatch") -> JobResult:
     """The stages config.stages names (a prefix of train, evaluate, export, infer), recorded in the active run."""
-    from pipeline.core import data, device
+    from pipeline.core import device
     from pipeline.core import precision as precision_lib
     from pipeline.stages import evaluate, export, infer
     from pipeline.tracking import models, runs

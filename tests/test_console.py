@@ -87,6 +87,7 @@ def test_console_lines_are_short_and_mark_warnings():
 
 @pytest.mark.e2e
 @pytest.mark.slow
+@pytest.mark.fresh_store  # a new store's migrations print too: what a user sees first
 def test_a_two_by_two_sweep_finishes_every_job_prints_our_lines_only_and_verbose_brings_the_rest_back(
         tmp_path, store, real_data):
     # As a user runs it: without the TF_CPP_MIN_LOG_LEVEL this suite sets for its own output (the pipeline's

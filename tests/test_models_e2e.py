@@ -121,6 +121,7 @@ def test_a_broken_builder_fails_before_training_in_one_line(tmp_path, store, rea
 def test_the_vit_runs_every_stage_under_each_policy_and_its_served_model_answers(tmp_path, store, real_data):
     result = run_pipeline(["-m", "model=vit", "model.width=16", "model.depth=2",
                            "precision=float32,mixed_float16,mixed_bfloat16", *real_data, "train.max_steps=60",
+                           "train.jit_compile=false",  # graph mode: choosing XLA or not is test_autojit's (25 s)
                            "tracking.register_min_accuracy=0.3", *store.overrides, *QUICK_INFER], cwd=tmp_path)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     _, runs = store.sweep()

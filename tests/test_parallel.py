@@ -20,6 +20,7 @@ from helpers import (
 
 @pytest.mark.e2e
 @pytest.mark.slow
+@pytest.mark.fresh_store  # parallel jobs race on the new store's migrations
 def test_joblib_sweep_on_a_fresh_store_loses_no_run_or_metric(tmp_path, store, real_data):
     result = run_pipeline(
         # More workers than the machine's 2 cores, all four jobs writing one fresh SQLite store at once.

@@ -12,6 +12,7 @@ from pipeline.core import data
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.fresh_store  # the README's first command on a new machine
 def test_all_four_stages_on_real_fashion_mnist(tmp_path, store, real_data):
     result = run_pipeline([*real_data, "train.max_steps=300", *store.overrides, f"export.dir={tmp_path}/export",
                            *QUICK_INFER], cwd=tmp_path)

@@ -5,6 +5,7 @@ import contextlib
 import re
 import socket
 import sqlite3
+import struct
 import subprocess
 import sys
 import time
@@ -64,10 +65,20 @@ def test_every_shipped_config_passes_validation(compose):
 
 
 @pytest.mark.e2e
-def test_bad_config_exits_with_one_line_before_tensorflow_is_imported(tmp_path):
+@pytest.mark.parametrize("overrides,message", [
+    (["data.batch_size=0"], "data.batch_size=0 must be positive"),
+    (["data=fashion_mnist", "data.source=idx", "data.idx_dir={empty}"], "the train split holds no images"),
+])
+def test_bad_config_or_data_exits_with_one_line_before_tensorflow_is_imported(tmp_path, overrides, message):
+    (tmp_path / "empty").mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):  # headers that count no examples
+        (tmp_path / "empty" / name).write_bytes(struct.pack(">IIII", 0x803, 0, 28, 28) if "images" in name
+                                                else struct.pack(">II", 0x801, 0))
+    arguments = ["pipeline", *[override.format(empty=tmp_path / "empty") for override in overrides],
+                 "tracking.uri=sqlite:///never/mlflow.db"]
     script = (
         "import runpy, sys\n"
-        "sys.argv = ['pipeline', 'data.batch_size=0', 'tracking.uri=sqlite:///never/mlflow.db']\n"
+        f"sys.argv = {arguments!r}\n"
         "try:\n    runpy.run_module('pipeline', run_name='__main__')\n"
         "except SystemExit as exit:\n"
         "    print('exit', exit.code, 'tensorflow' in sys.modules, 'mlflow' in sys.modules)\n"
@@ -76,7 +87,7 @@ def test_bad_config_exits_with_one_line_before_tensorflow_is_imported(tmp_path):
                             env=python_environment(), timeout=120)
     assert "exit 1 False False" in result.stdout, result.stderr
     errors = [line for line in (result.stdout + result.stderr).splitlines() if "ERROR" in line]
-    assert len(errors) == 1 and "data.batch_size=0 must be positive" in errors[0]
+    assert len(errors) == 1 and message in errors[0]
     assert not (tmp_path / "never").exists()
 
 
