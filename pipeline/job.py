@@ -47,7 +47,9 @@ def run_job(config: DictConfig, overrides: list[str], sweep_id: str | None = Non
     stopwatch = Stopwatch()
     try:
         config_lib.validate(config, in_sweep=sweep_id is not None)
-        if config.data.source == "idx":  # NumPy alone reads IDX: a bad dataset is refused before TensorFlow starts
+        # NumPy alone reads IDX: a bad dataset is refused before TensorFlow starts. Not a multi-worker job's: its
+        # processes first meet in TensorFlow, and one that left before would keep the others waiting for it.
+        if config.data.source == "idx" and config.distribute.strategy != "multi_worker":
             with stopwatch.part("data"):
                 data.load_datasets(config.data)  # kept: the data stage takes these splits back
     except (config_lib.ConfigError, data.DataError) as error:

@@ -87,7 +87,11 @@ def run_workers(store: Store, arguments: list[str], experiment: str,
              *extra_arguments],
             cwd=store.folder, env=python_environment({"TF_CONFIG": json.dumps(tf_config)}),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = [worker.communicate(timeout=600)[0] for worker in workers]
+    try:
+        outputs = [worker.communicate(timeout=600)[0] for worker in workers]
+    finally:  # a worker left waiting for the others must not outlive the test
+        for worker in workers:
+            worker.kill()
     return [(worker.returncode, output) for worker, output in zip(workers, outputs)]
 
 
