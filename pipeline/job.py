@@ -1,5 +1,6 @@
-"""One job of `python -m pipeline`, top to bottom: check the config, open the job's MLflow run, load
-the data, build the model, then train, evaluate, export and infer, log and register the model.
+"""One job of `python -m pipeline`, top to bottom: check the config (and read an IDX dataset), open the
+job's MLflow run, load the data, build the model, then train, evaluate, export and infer, log and register
+the model.
 
 This is the one module that knows both the stages and MLflow: each stage returns its result, the
 next takes what it needs explicitly, and what is recorded goes through pipeline.tracking here.
@@ -40,7 +41,7 @@ def run_job(config: DictConfig, overrides: list[str], sweep_id: str | None = Non
 
     A job of a sweep whose config is wrong still leaves a FAILED run, so the sweep's report shows it.
     A multi-worker job's non-chief workers train their part and log nothing: the chief records the job.
-    TensorFlow and MLflow are imported only once the config has passed its checks.
+    TensorFlow and MLflow are imported only once the config (and an IDX dataset) has passed its checks.
     """
     run_name = f"{config.model.name}-{config.precision.policy}-bs{config.data.batch_size}"
     chief = distribute.is_chief(config.distribute)
